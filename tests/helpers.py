@@ -1,0 +1,65 @@
+"""Tiny models, data and loss functions shared by the tests (importable as ``helpers``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TinyTextClassifier(nn.Module):
+    """Embedding -> (dropout) -> mean pool -> linear. Small and deterministic when
+    ``dropout=0``."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16, n_classes: int = 3, dropout: float = 0.0):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim, padding_idx=0)
+        self.drop = nn.Dropout(dropout)
+        self.hidden = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, n_classes)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        h = self.drop(self.embed(input_ids))
+        if attention_mask is None:
+            attention_mask = (input_ids != 0).to(h.dtype)
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.head(torch.tanh(self.hidden(pooled)))
+
+
+def make_batch(n: int = 8, seq: int = 6, vocab: int = 50, n_classes: int = 3, seed: int = 0):
+    """A dict batch of random token ids (no padding), attention mask and labels."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (n, seq), generator=g)
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones(n, seq, dtype=torch.long),
+        "labels": torch.randint(0, n_classes, (n,), generator=g),
+    }
+
+
+def loss_fn(model: nn.Module, batch: dict):
+    """Mean cross-entropy; returns (loss, logits)."""
+    logits = model(batch["input_ids"], batch.get("attention_mask"))
+    return F.cross_entropy(logits.float(), batch["labels"]), logits
+
+
+def split_batch(batch: dict, k: int) -> list[dict]:
+    """Split a dict batch into k equal micro-batches along dim 0."""
+    n = batch["labels"].shape[0]
+    size = n // k
+    return [{key: v[i * size : (i + 1) * size] for key, v in batch.items()} for i in range(k)]
+
+
+def clone_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_params_close(a: nn.Module, b: nn.Module, atol: float = 1e-6, rtol: float = 0.0):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], atol=atol, rtol=rtol, msg=f"mismatch in {k}")
