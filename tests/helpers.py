@@ -63,3 +63,34 @@ def assert_params_close(a: nn.Module, b: nn.Module, atol: float = 1e-6, rtol: fl
     assert sa.keys() == sb.keys()
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], atol=atol, rtol=rtol, msg=f"mismatch in {k}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_entry(rank: int, world: int, port: int, fn, args: tuple) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ddp(fn, *args, world_size: int = 2) -> None:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` CPU processes joined by a
+    ``gloo`` process group. ``fn`` must be a module-level function; pass a tmp dir in
+    ``args`` and save results there (e.g. ``torch.save(model.state_dict(), ...)``)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_entry, args=(world_size, _free_port(), fn, args), nprocs=world_size, join=True)
