@@ -1,0 +1,242 @@
+"""Exponential moving average (EMA) of model weights.
+
+``shadow = decay · shadow + (1 − decay) · param`` after optimizer steps, with the shadow
+kept in fp32 for fp16/bf16 models, buffers copied, and the averaged weights swapped in for
+evaluation. The update is one ``torch._foreach_lerp_`` per (device, dtype) group, the same
+kernel as ``torch.optim.swa_utils.get_ema_multi_avg_fn``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from danlu.core import Order, State, Trick, unwrap_model
+
+__all__ = ["ema_decay", "ema_update_", "EMA"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _check_decay(decay: float) -> float:
+    if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0.0 < decay <= 1.0:
+        raise ValueError(
+            f"decay must be in (0, 1], got {decay!r}; typical values are 0.99-0.9999 "
+            "(closer to 1 averages over more steps: about 1/(1-decay))"
+        )
+    return float(decay)
+
+
+def ema_decay(step: int, decay: float, warmup: bool = False) -> float:
+    """The decay used at optimizer step ``step`` (1-based): ``decay``, or with ``warmup``
+    ``min(decay, (1 + step) / (10 + step))`` as in TensorFlow's ExponentialMovingAverage, so
+    early averages do not cling to the random initial weights.
+
+    Example:
+        >>> ema_decay(1, 0.999, warmup=True)   # (1 + 1) / (10 + 1)
+        0.18181818181818182
+        >>> ema_decay(10_000, 0.999, warmup=True)
+        0.999
+    """
+    decay = _check_decay(decay)
+    return min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
+
+
+@torch.no_grad()
+def ema_update_(
+    shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor], decay: float
+) -> None:
+    """In place: ``shadow[i] = decay · shadow[i] + (1 − decay) · params[i]`` for all i.
+
+    Tensors are grouped by (device, dtype) and updated with one ``torch._foreach_lerp_`` per
+    group; a shadow of a wider dtype than its parameter (fp32 shadow of a bf16 weight) is
+    updated with ``_foreach_mul_`` + ``_foreach_add_``, which promote without a copy.
+
+    Example:
+        >>> shadow, params = [torch.zeros(2)], [torch.ones(2)]
+        >>> ema_update_(shadow, params, decay=0.9)
+        >>> shadow[0]
+        tensor([0.1000, 0.1000])
+    """
+    decay = _check_decay(decay)
+    if len(shadow) != len(params):
+        raise ValueError(f"shadow has {len(shadow)} tensors but params has {len(params)}")
+    groups: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for s, p in zip(shadow, params):
+        if not s.is_floating_point():
+            raise TypeError(f"EMA averages floating-point tensors, got a {s.dtype} shadow")
+        key = (s.device, s.dtype, p.dtype)
+        groups.setdefault(key, ([], []))
+        groups[key][0].append(s)
+        groups[key][1].append(p.detach())
+    for (_, s_dtype, p_dtype), (s_list, p_list) in groups.items():
+        if s_dtype == p_dtype:
+            torch._foreach_lerp_(s_list, p_list, 1.0 - decay)
+        else:
+            torch._foreach_mul_(s_list, decay)
+            torch._foreach_add_(s_list, p_list, alpha=1.0 - decay)
+
+
+def _shadow_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float32 if t.dtype in _LOW_PRECISION else t.dtype
+
+
+class EMA(Trick):
+    """Exponential moving average of a model's parameters, as a drop-in object and a
+    :class:`~danlu.Trick`.
+
+    The shadow starts as a copy of the model at construction and is updated every
+    ``every`` optimizer steps. Parameters of fp16/bf16 models are averaged in an fp32
+    shadow; buffers (e.g. BatchNorm statistics) are copied, not averaged. A
+    DDP-/compile-wrapped model is unwrapped (every rank then holds the same shadow).
+
+    Compared with ``AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))``: that
+    class copies the model on its *first* ``update_parameters`` call and averages from the
+    second on; this one starts from the weights at construction, so one ``EMA`` update equals
+    an ``AveragedModel`` whose first update ran at construction time.
+
+    Args:
+        model: the model to average (possibly wrapped in DDP).
+        decay: in (0, 1]; 0.999 for a few thousand steps, 0.9999 for long runs, about
+            ``1 - 1/steps_to_average``. 1 freezes the shadow.
+        warmup: use ``min(decay, (1+step)/(10+step))`` (see :func:`ema_decay`).
+        every: update every ``every`` optimizer steps (>= 1); the decay is not adjusted,
+            so use a smaller decay with a larger ``every``.
+
+    Example:
+        >>> import torch, danlu
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> ema = EMA(model, decay=0.99)
+        >>> model(torch.randn(3, 4)).sum().backward(); opt.step()
+        >>> ema.update()                 # drop-in: after optimizer.step()
+        >>> with ema.averaged():         # evaluate with the averaged weights
+        ...     out = model(torch.randn(3, 4))
+        >>> tricks = danlu.Tricks([EMA(model, decay=0.99)])   # or as a Trick
+    """
+
+    order = Order.AVERAGE
+
+    def __init__(
+        self, model: nn.Module, decay: float = 0.999, warmup: bool = False, every: int = 1
+    ) -> None:
+        self.decay = _check_decay(decay)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1 (optimizer steps), got {every!r}")
+        self.model = unwrap_model(model)
+        named = list(self.model.named_parameters())
+        if not named:
+            raise ValueError(
+                f"{type(self.model).__name__} has no parameters: there is nothing to average"
+            )
+        self.warmup, self.every = bool(warmup), every
+        self.step = 0
+        self.num_updates = 0
+        self._params = [p for _, p in named]
+        self._buffers = [b for _, b in self.model.named_buffers()]
+        with torch.no_grad():
+            self.shadow = {
+                n: p.detach().to(dtype=_shadow_dtype(p), copy=True) for n, p in named
+            }
+            self.shadow_buffers = {
+                n: b.detach().clone() for n, b in self.model.named_buffers()
+            }
+        self._backup: list[torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ averaging
+    @torch.no_grad()
+    def update(self, step: int | None = None) -> bool:
+        """Average the current weights in (call after ``optimizer.step()``).
+
+        Args:
+            step: the optimizer step just taken (1-based). ``None`` counts calls: pass it
+                explicitly when some steps are skipped (fp16 overflow) or on resume.
+
+        Returns:
+            whether the shadow was updated (``False`` between ``every`` steps).
+        """
+        if self._backup is not None:
+            raise RuntimeError(
+                "EMA.update() while the averaged weights are applied: call restore() (or leave "
+                "the averaged() block) first, otherwise the shadow would average itself"
+            )
+        self.step = self.step + 1 if step is None else int(step)
+        if self.step % self.every:
+            return False
+        decay = ema_decay(self.step, self.decay, self.warmup)
+        ema_update_(list(self.shadow.values()), self._params, decay)
+        if self._buffers:
+            torch._foreach_copy_(list(self.shadow_buffers.values()), self._buffers)
+        self.num_updates += 1
+        return True
+
+    def after_step(self, optimizer: torch.optim.Optimizer, state: State) -> None:
+        self.update(step=state.step)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def apply_to(self) -> None:
+        """Back up the model's weights and load the averaged ones (cast to the model's
+        dtypes). Undo with :meth:`restore`."""
+        if self._backup is not None:
+            raise RuntimeError("the averaged weights are already applied; call restore() first")
+        live = self._params + self._buffers
+        self._backup = [t.detach().clone() for t in live]
+        torch._foreach_copy_(
+            live, list(self.shadow.values()) + list(self.shadow_buffers.values())
+        )
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put back the weights saved by :meth:`apply_to`, bit for bit."""
+        if self._backup is None:
+            raise RuntimeError("restore() without apply_to(): there is nothing to restore")
+        backup, self._backup = self._backup, None
+        torch._foreach_copy_(self._params + self._buffers, backup)
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[nn.Module]:
+        """Context manager: the model holds the averaged weights inside the block and its
+        own weights again afterwards, also when an exception leaves the block."""
+        self.apply_to()
+        try:
+            yield self.model
+        finally:
+            self.restore()
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """The shadow (references, like ``nn.Module.state_dict``) and the counters."""
+        return {
+            "shadow": dict(self.shadow),
+            "buffers": dict(self.shadow_buffers),
+            "step": self.step,
+            "num_updates": self.num_updates,
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for key, mine in (("shadow", self.shadow), ("buffers", self.shadow_buffers)):
+            theirs = state_dict[key]
+            if theirs.keys() != mine.keys():
+                missing, extra = sorted(mine.keys() - theirs.keys()), sorted(theirs.keys() - mine.keys())
+                raise ValueError(
+                    f"EMA state_dict does not fit this model: {key} missing {missing}, "
+                    f"unexpected {extra}"
+                )
+            for name, t in mine.items():
+                if theirs[name].shape != t.shape:
+                    raise ValueError(
+                        f"EMA state_dict: {name} has shape {tuple(theirs[name].shape)}, "
+                        f"the model has {tuple(t.shape)}"
+                    )
+                t.copy_(theirs[name])
+        self.step, self.num_updates = int(state_dict["step"]), int(state_dict["num_updates"])
+
+    def __repr__(self) -> str:
+        return f"EMA(decay={self.decay}, warmup={self.warmup}, every={self.every})"
+
