@@ -50,7 +50,7 @@ _transformers = require("transformers", "hf", "the HF Trainer integration")
 Trainer = _transformers.Trainer
 TrainerCallback = _transformers.TrainerCallback
 
-__all__ = ["TricksCallback", "TricksMixin", "DanluTrainer", "TRICKS_FILE"]
+__all__ = ["TricksCallback", "TricksMixin", "DanluTrainer", "averaged_weights", "TRICKS_FILE"]
 
 TRICKS_FILE = "danlu_tricks.pt"
 
@@ -73,6 +73,43 @@ def _inner_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     if isinstance(optimizer, accelerate_optimizer.AcceleratedOptimizer):
         return optimizer.optimizer
     return optimizer
+
+
+@contextlib.contextmanager
+def averaged_weights(average: Any, model: nn.Module) -> Iterator[nn.Module]:
+    """Context manager: ``model`` holds the weights averaged by ``average`` inside the block
+    and its own weights (bit for bit) afterwards.
+
+    ``average`` is a danlu ``EMA`` (its ``averaged()`` context is used) or ``SWA`` (the
+    parameters and buffers of its ``AveragedModel`` are copied in; before the first average
+    the model keeps its own weights).
+
+    Example:
+        >>> with averaged_weights(swa, model):
+        ...     metrics = trainer.evaluate()
+    """
+    averaged = average.averaged
+    if not isinstance(averaged, nn.Module):
+        with averaged():
+            yield model
+        return
+    if int(getattr(averaged, "n_averaged", 1)) == 0:
+        yield model
+        return
+    source = getattr(averaged, "module", averaged)
+    live = list(model.parameters()) + list(model.buffers())
+    mean = list(source.parameters()) + list(source.buffers())
+    if [t.shape for t in live] != [t.shape for t in mean]:
+        raise ValueError("the averaged model does not match the model: was it built from it?")
+    with torch.no_grad():
+        backup = [t.detach().clone() for t in live]
+        try:
+            for t, m in zip(live, mean):
+                t.copy_(m)
+            yield model
+        finally:
+            for t, b in zip(live, backup):
+                t.copy_(b)
 
 
 class _StepHooks(TrainerCallback):
@@ -160,7 +197,7 @@ class TricksMixin:
             ``lambda m: layer_decay_groups(m, lr=2e-5, decay=0.9)``; the optimizer class and
             its other kwargs still come from ``TrainingArguments.optim``. Per-group ``lr``
             values keep their ratios under Trainer's schedule (it scales each group).
-        average: an object with an ``averaged()`` context manager (danlu ``EMA``, ``SWA``):
+        average: a danlu ``EMA`` or ``SWA`` (see :func:`averaged_weights`):
             ``evaluate``/``predict`` run with the averaged weights, and ``save_model``
             called by you saves them; checkpoints keep the live weights plus the average
             (in ``danlu_tricks.pt`` when ``average`` is one of ``tricks``).
@@ -182,8 +219,8 @@ class TricksMixin:
             )
         if average is not None and not callable(getattr(average, "averaged", None)):
             raise TypeError(
-                f"average must have an averaged() context manager (danlu EMA or SWA), got "
-                f"{type(average).__name__}"
+                "average must be a danlu EMA (an averaged() context manager) or SWA (an "
+                f"AveragedModel in .averaged), got {type(average).__name__}"
             )
         self.danlu_callback = _StepHooks(tricks)
         self.tricks = self.danlu_callback.tricks
@@ -279,13 +316,10 @@ class TricksMixin:
         return self.optimizer
 
     # ------------------------------------------------------------------ averaged weights
-    @contextlib.contextmanager
-    def _averaged(self) -> Iterator[None]:
+    def _averaged(self) -> contextlib.AbstractContextManager:
         if self.average is None:
-            yield
-        else:
-            with self.average.averaged():
-                yield
+            return contextlib.nullcontext()
+        return averaged_weights(self.average, self.model)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         """``Trainer.evaluate`` with the averaged weights (when ``average`` was given)."""
