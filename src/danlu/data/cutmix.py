@@ -91,7 +91,11 @@ def token_cutmix(
     index = _check_index(index, n).cpu()
     g = _fresh(generator)
     ids = input_ids.cpu()
-    real = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.cpu() != 0
+    real = (
+        torch.ones_like(ids, dtype=torch.bool)
+        if attention_mask is None
+        else attention_mask.cpu() != 0
+    )
     content = real & ~torch.isin(ids, torch.as_tensor(list(special_ids), dtype=ids.dtype))
     out, swapped = ids.clone(), torch.zeros_like(content)
     lams = torch.ones(n, dtype=torch.float32)

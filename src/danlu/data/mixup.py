@@ -494,7 +494,11 @@ class ManifoldMixup(MixupTrick):
 
     def _stack(self, model: nn.Module) -> list[nn.Module]:
         layers = _resolve(model, self.layers) if isinstance(self.layers, str) else self.layers
-        stack = list(layers) if isinstance(layers, nn.ModuleList | nn.Sequential | Sequence) else [layers]
+        stack = (
+            list(layers)
+            if isinstance(layers, nn.ModuleList | nn.Sequential | Sequence)
+            else [layers]
+        )
         for c in self.choices or ():
             if not -len(stack) <= c < len(stack):
                 raise ValueError(f"choices holds layer {c}, but there are {len(stack)} layers")
