@@ -1,0 +1,11 @@
+"""Adversarial training: FGM, PGD, FreeLB, AWP and attention-weight noise.
+
+Every class is a drop-in object for a hand-written loop and a :class:`danlu.Trick` for
+``danlu.Tricks``; embedding attacks find the input embedding with :func:`find_embedding`.
+"""
+
+from danlu.adversarial._embeddings import find_embedding
+from danlu.adversarial.fgm import FGM, fgm_delta, grad_rows
+from danlu.adversarial.pgd import PGD, project_rows
+
+__all__ = ["find_embedding", "FGM", "fgm_delta", "grad_rows", "PGD", "project_rows"]

@@ -1,0 +1,117 @@
+"""Find the input-embedding table an adversarial trick perturbs, and shared checks."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from danlu.core import unwrap_model
+
+Target = str | nn.Parameter | nn.Module | None
+
+
+def _candidates(model: nn.Module) -> list[tuple[str, nn.Embedding]]:
+    seen: set[int] = set()
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Embedding) and id(mod.weight) not in seen:
+            seen.add(id(mod.weight))
+            out.append((name, mod))
+    return out
+
+
+def _listing(model: nn.Module) -> str:
+    cands = _candidates(model)
+    if not cands:
+        return "the model has no nn.Embedding"
+    return "candidates: " + ", ".join(f"{n!r} {tuple(m.weight.shape)}" for n, m in cands)
+
+
+def _weight_of(module: nn.Module, what: str) -> nn.Parameter:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, nn.Parameter) or weight.dim() != 2:
+        raise ValueError(
+            f"target {what} has no 2-D .weight parameter to perturb; pass an nn.Embedding, "
+            "its weight, or its name"
+        )
+    return weight
+
+
+def find_embedding(model: nn.Module, target: Target = None) -> nn.Parameter:
+    """The weight of the input embedding to perturb.
+
+    ``target=None``: ``model.get_input_embeddings()`` when the (unwrapped) model has it
+    (Hugging Face models), otherwise the single ``nn.Embedding`` with the most rows. A
+    target can also be a parameter or module name (``"bert.embeddings.word_embeddings"``),
+    an ``nn.Parameter`` or an ``nn.Module``. DDP and ``torch.compile`` wrappers are
+    looked through.
+
+    Raises:
+        ValueError: when no embedding is found, when two embeddings are equally large, or
+            when a named target does not exist; the message lists the candidates.
+
+    Example:
+        >>> emb = nn.Embedding(10, 4)
+        >>> find_embedding(nn.Sequential(emb, nn.Linear(4, 2))) is emb.weight
+        True
+    """
+    model = unwrap_model(model)
+    if isinstance(target, nn.Parameter):
+        if target.dim() != 2:
+            raise ValueError(f"target parameter must be 2-D (rows x dim), got {tuple(target.shape)}")
+        return target
+    if isinstance(target, nn.Module):
+        return _weight_of(target, type(target).__name__)
+    if isinstance(target, str):
+        params = dict(model.named_parameters())
+        if target in params:
+            if params[target].dim() != 2:
+                raise ValueError(f"target {target!r} is not 2-D: {tuple(params[target].shape)}")
+            return params[target]
+        modules = dict(model.named_modules())
+        if target in modules:
+            return _weight_of(modules[target], repr(target))
+        raise ValueError(f"target {target!r} is neither a parameter nor a module name; "
+                         f"{_listing(model)}")
+    if target is not None:
+        raise TypeError(
+            f"target must be None, a name, an nn.Parameter or an nn.Module, got "
+            f"{type(target).__name__}"
+        )
+    getter = getattr(model, "get_input_embeddings", None)
+    if callable(getter):
+        try:
+            module = getter()
+        except NotImplementedError:
+            module = None
+        if module is not None:
+            return _weight_of(module, "get_input_embeddings()")
+    cands = _candidates(model)
+    if not cands:
+        raise ValueError(
+            "found no input embedding: the model has no get_input_embeddings() and no "
+            "nn.Embedding; pass target= (a name, parameter or module)"
+        )
+    rows = sorted((m.num_embeddings for _, m in cands), reverse=True)
+    if len(rows) > 1 and rows[0] == rows[1]:
+        raise ValueError(
+            f"two or more embeddings are equally large ({rows[0]} rows), so the input "
+            f"embedding is ambiguous; pass target=<name>; {_listing(model)}"
+        )
+    return max(cands, key=lambda c: c[1].num_embeddings)[1].weight
+
+
+def check_positive(name: str, value: float) -> float:
+    """``value`` as a float, or a ValueError when it is not a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        value > 0 and math.isfinite(value)
+    ):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_steps(steps: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return steps
