@@ -7,6 +7,7 @@ Paper: Izmailov et al. 2018, https://arxiv.org/abs/1803.05407
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -117,9 +118,14 @@ class SWA(Trick):
         """Average the current weights in and step ``SWALR`` (what the hooks call; use it
         directly in a hand-written loop)."""
         self.averaged.update_parameters(self.model)
-        if self.swa_lr is not None:
-            if self.scheduler is None:
-                self.scheduler = self._make_scheduler()
+        if self.swa_lr is None:
+            return
+        if self.scheduler is not None:
+            self.scheduler.step()
+            return
+        self.scheduler = self._make_scheduler()
+        with warnings.catch_warnings():  # created after the optimizer stepped: a false alarm
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
 
     def after_step(self, optimizer: torch.optim.Optimizer, state: State) -> None:
