@@ -113,12 +113,12 @@ def _match_case(synonym: str, word: str) -> str:
 def _replaceable(
     tokens: list[str],
     positions: list[int],
-    source: Callable[[str], list[str]],
+    lookup: Callable[[str], list[str]],
     stop_words: Collection[str],
     lang: Lang,
 ) -> list[tuple[str, list[str], list[int]]]:
     """Distinct non-stop words that have synonyms, in order of first appearance:
-    ``(lookup key, synonyms, token positions)``."""
+    ``(lookup key, synonyms, token positions)``; ``lookup`` never returns the key itself."""
     where: dict[str, list[int]] = {}
     for i in positions:
         key = _key(tokens[i], lang)
@@ -126,7 +126,7 @@ def _replaceable(
             where.setdefault(key, []).append(i)
     found = []
     for key, places in where.items():
-        synonyms = [s for s in source(key) or () if s != key]
+        synonyms = lookup(key)
         if synonyms:
             found.append((key, synonyms, places))
     return found
@@ -173,8 +173,8 @@ def random_insertion(
     lang: Lang = "en",
 ) -> list[str]:
     """Insert ``n`` times a random synonym of a random non-stop word of the sentence at a
-    random word slot (before a word, or after the last word). Nothing is inserted when no
-    word has synonyms.
+    random word slot of the sentence (before one of its words, or after its last word).
+    Nothing is inserted when no word has synonyms.
 
     Example:
         >>> random_insertion(["a", " ", "fox"], 1, {"fox": ["tod"]}.get, random.Random(0))
@@ -182,28 +182,30 @@ def random_insertion(
     """
     positions = _positions(tokens)
     candidates = _replaceable(tokens, positions, _safe(source), stop_words, lang)
-    return _insert(list(tokens), positions, candidates, n, rng, " " if lang == "en" else "")
+    return _insert(tokens, positions, candidates, n, rng, " " if lang == "en" else "")
 
 
 def _insert(
-    out: list[str], positions: list[int], candidates: list, n: int, rng: random.Random, sep: str
+    tokens: list[str], positions: list[int], candidates: list, n: int, rng: random.Random, sep: str
 ) -> list[str]:
     if not candidates or not positions:
-        return out
-    slots = list(positions)
+        return list(tokens)
+    before: dict[int, list[str]] = {}  # token index -> words inserted in front of it
     for _ in range(n):
         _, synonyms, _ = rng.choice(candidates)
-        word = rng.choice(synonyms)
-        j = rng.randint(0, len(slots))
-        if j < len(slots):  # before the j-th word
-            at = slots[j]
-            new = [word, sep] if sep else [word]
-            slots = slots[:j] + [at] + [p + len(new) for p in slots[j:]]
-        else:  # after the last word
-            at = slots[-1] + 1
-            new = [sep, word] if sep else [word]
-            slots.append(at + len(new) - 1)
-        out[at:at] = new
+        j = rng.randint(0, len(positions))  # j == len: after the last word
+        at = positions[j] if j < len(positions) else positions[-1] + 1
+        before.setdefault(at, []).append(rng.choice(synonyms))
+    out: list[str] = []
+    for i, tok in enumerate([*tokens, ""]):
+        for word in before.get(i, ()):
+            if sep and i > positions[-1]:  # after the last word: "good" -> "good fine"
+                out.append(sep)
+            out.append(word)
+            if sep and i <= positions[-1]:
+                out.append(sep)
+        if tok:
+            out.append(tok)
     return out
 
 
@@ -262,7 +264,7 @@ def random_deletion(
 def _safe(source: Callable[[str], list[str]]) -> Callable[[str], list[str]]:
     if not callable(source):
         raise TypeError(f"source must be callable as source(word) -> list[str], got {source!r}")
-    return source
+    return lambda key: [s for s in source(key) or () if s != key]
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -297,6 +299,9 @@ class EDA:
             WordNet for English (:mod:`danlu.data.synonyms`). Only used by SR and RI.
         stop_words: words never replaced nor inserted from; default the paper's English list
             / a compact Chinese list, by language. English words are looked up lower-cased.
+        tokenizer: ``tokenizer(text) -> tokens`` that join back to ``text`` exactly
+            (whitespace kept as tokens), e.g. ``jieba.lcut``; default a regex for English
+            and :func:`~danlu.data._text.zh_segmenter` (rjieba if installed, else jieba).
         seed: int, ``random.Random`` or None (fresh entropy); never the global ``random``.
 
     Example:
@@ -317,6 +322,7 @@ class EDA:
         lang: Lang | None = None,
         source: Callable[[str], list[str]] | None = None,
         stop_words: Collection[str] | None = None,
+        tokenizer: Callable[[str], list[str]] | None = None,
         seed: int | random.Random | None = None,
     ) -> None:
         self.alpha_sr = _check_fraction("alpha_sr", alpha_sr)
@@ -331,10 +337,16 @@ class EDA:
             raise ValueError(f"lang must be 'zh', 'en' or None (detect), got {lang!r}")
         if source is not None:
             _safe(source)
+        if tokenizer is not None and not callable(tokenizer):
+            raise TypeError(
+                f"tokenizer must be callable as tokenizer(text) -> list[str], got {tokenizer!r}"
+            )
+        self.tokenizer = tokenizer
         self.n_aug, self.keep_original, self.lang = n_aug, keep_original, lang
         self.source = source
         self.stop_words = frozenset(stop_words) if stop_words is not None else None
         self.rng = _rng(seed)
+        self._memo: dict[str, dict[str, list[str]]] = {}  # lang -> word -> synonyms
 
     def __call__(self, text: str) -> list[str]:
         """``[text] + n_aug`` new sentences (``[text]`` alone when it has no words)."""
@@ -348,7 +360,7 @@ class EDA:
         if not text or text.isspace():
             return []
         lang = self.lang or detect_lang(text)
-        tokens = tokenize(text, lang)
+        tokens = tokenize(text, lang) if self.tokenizer is None else self._tokenize(text)
         positions = _positions(tokens)
         if not positions:
             return []
@@ -376,7 +388,7 @@ class EDA:
             elif op == "ri":
                 sep = " " if lang == "en" else ""
                 new = _insert(
-                    list(tokens), positions, candidates, _count(self.alpha_ri, n_words), rng, sep
+                    tokens, positions, candidates, _count(self.alpha_ri, n_words), rng, sep
                 )
             elif op == "rs":
                 new = random_swap(tokens, _count(self.alpha_rs, n_words), rng, positions)
@@ -385,12 +397,29 @@ class EDA:
             out.append("".join(new))
         return out
 
+    def _tokenize(self, text: str) -> list[str]:
+        tokens = list(self.tokenizer(text))  # type: ignore[misc]
+        if "".join(tokens) != text:
+            raise ValueError(
+                f"tokenizer={self.tokenizer!r} lost characters of {text!r:.60}: tokens must join "
+                "back to the text exactly (keep whitespace as tokens, like jieba.lcut)"
+            )
+        return tokens
+
     def _candidates(self, tokens: list[str], positions: list[int], lang: Lang) -> list:
         source = self.source if self.source is not None else default_source(lang)
+        memo = self._memo.setdefault(lang, {})
+
+        def lookup(key: str) -> list[str]:  # each word asks the source once per EDA object
+            found = memo.get(key)
+            if found is None:
+                found = memo[key] = [s for s in source(key) or () if s != key]
+            return found
+
         stop = self.stop_words
         if stop is None:
             stop = EN_STOP_WORDS if lang == "en" else ZH_STOP_WORDS
-        return _replaceable(tokens, positions, source, stop, lang)
+        return _replaceable(tokens, positions, lookup, stop, lang)
 
     def __repr__(self) -> str:
         return (
@@ -415,6 +444,7 @@ def eda(
     lang: Lang | None = None,
     source: Callable[[str], list[str]] | None = None,
     stop_words: Collection[str] | None = None,
+    tokenizer: Callable[[str], list[str]] | None = None,
     seed: int | random.Random | None = None,
 ) -> list[str]:
     """EDA on one text: ``[text]`` (if ``keep_original``) followed by ``n_aug`` new sentences.
@@ -428,6 +458,7 @@ def eda(
     """
     aug = EDA(
         alpha_sr, alpha_ri, alpha_rs, p_rd, n_aug,
-        keep_original=keep_original, lang=lang, source=source, stop_words=stop_words, seed=seed,
+        keep_original=keep_original, lang=lang, source=source, stop_words=stop_words,
+        tokenizer=tokenizer, seed=seed,
     )  # fmt: skip
     return aug(text)
