@@ -1,0 +1,322 @@
+"""Focal loss (Lin et al. 2017, https://arxiv.org/abs/1708.02002), softmax and sigmoid forms.
+
+With soft targets ``q`` (one-hot, or smoothed by ``label_smoothing``) and class weights
+``alpha``, both forms compute per example
+
+    FL = sum_c  alpha_c · q_c · (1 - p_c)^gamma · (-log p_c)
+
+over the C classes (softmax) or over {positive, negative} of every element (sigmoid, where
+the negative side is weighted by ``1 - alpha``). With one-hot targets this is the paper's
+``-alpha_t (1 - p_t)^gamma log p_t``; with ``gamma=0`` and ``alpha=None`` it is
+cross-entropy (softmax) or binary cross-entropy with logits (sigmoid).
+
+Everything is computed from ``log_softmax`` / ``logsigmoid`` and ``1 - p = -expm1(log p)``,
+with a hand-written gradient of ``-(1 - p)^gamma log p`` that stays finite as ``p -> 1``
+(for every ``gamma >= 0``, also ``0 < gamma < 1``): logits of ±1e4 are fine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from danlu.loss._swap import LossSwap
+
+__all__ = ["focal_loss", "FocalLoss", "Focal"]
+
+Mode = Literal["softmax", "sigmoid"]
+Reduction = Literal["mean", "sum", "none"]
+Alpha = float | Sequence[float] | torch.Tensor | None
+
+
+def _q_and_qg(logp: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    q = torch.expm1(logp).neg_()  # 1 - p, accurate near p = 1 (logp <= 0, so q >= 0)
+    return q, q.pow(gamma)
+
+
+def _neg_dphi(logp: torch.Tensor, q: torch.Tensor, qg: torch.Tensor, gamma: float):
+    """``-phi'(l)`` for ``phi(l) = -(1 - e^l)^gamma · l``, given ``q = 1 - e^l``, ``qg = q^gamma``.
+
+    ``-phi'(l) = q^g - g·p·l·q^(g-1) = q^(g-1) · (q - g·p·l)``; for ``g < 1`` (where
+    ``q^(g-1)`` blows up at ``p = 1``) it is written ``q^g · (1 - g·p·(l/q))`` with
+    ``l/q -> -1`` as ``q -> 0``: finite for every ``gamma > 0``.
+    """
+    p = logp.exp()
+    if gamma >= 1:
+        out = torch.addcmul(q, p, logp, value=-gamma)
+        return out if gamma == 1 else out.mul_(q if gamma == 2 else q.pow(gamma - 1))
+    ratio = torch.where(q > 0, logp / q, -1.0)
+    return ratio.mul_(p).mul_(-gamma).add_(1.0).mul_(qg)
+
+
+class _FocalTerm(torch.autograd.Function):
+    """Elementwise ``phi(l) = -(1 - e^l)^gamma · l`` for log-probabilities ``l <= 0``."""
+
+    @staticmethod
+    def forward(ctx, logp: torch.Tensor, gamma: float) -> torch.Tensor:
+        q, qg = _q_and_qg(logp, gamma)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(_neg_dphi(logp, q, qg, gamma))
+        return qg.mul_(logp).neg_()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (neg_dphi,) = ctx.saved_tensors
+        return -grad * neg_dphi, None
+
+
+class _FocalNLL(torch.autograd.Function):
+    """``sum_i phi(logp[i, index_i]) · (-neg_weight_i)``: the focal analogue of ``nll_loss``.
+
+    The forward also computes ``d loss / d logp_t``, so the backward is one scatter into
+    zeros, exactly like ``nll_loss``'s; autograd's ``log_softmax`` backward does the rest.
+    ``neg_weight`` is the negated row weight (the sign of ``phi`` folded in).
+    """
+
+    @staticmethod
+    def forward(ctx, logp, index, neg_weight, gamma: float, reduce: bool) -> torch.Tensor:
+        logp_t = logp.gather(1, index)
+        q, qg = _q_and_qg(logp_t, gamma)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(index, _neg_dphi(logp_t, q, qg, gamma).mul_(neg_weight))
+            ctx.shape = logp.shape
+        loss = qg.mul_(logp_t)
+        return loss.view(-1).dot(neg_weight.view(-1)) if reduce else loss.mul_(neg_weight).view(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        index, g = ctx.saved_tensors
+        g = g * (grad if grad.dim() == 0 else grad.view(-1, 1))
+        out = g.new_zeros(ctx.shape).scatter_(1, index, g)
+        return out, None, None, None, None
+
+
+def _check_gamma(gamma: float) -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not (
+        math.isfinite(gamma) and gamma >= 0
+    ):
+        raise ValueError(
+            f"gamma must be a finite number >= 0 (0 = cross-entropy, 2 is the paper's "
+            f"default), got {gamma!r}"
+        )
+    return float(gamma)
+
+
+def _check_common(reduction: str, label_smoothing: float, mode: str) -> None:
+    if mode not in ("softmax", "sigmoid"):
+        raise ValueError(f"mode must be 'softmax' or 'sigmoid', got {mode!r}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if not (isinstance(label_smoothing, int | float) and 0.0 <= label_smoothing <= 1.0):
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+
+
+def _alpha_tensor(alpha: Alpha, mode: str, n_classes: int, like: torch.Tensor):
+    """alpha as a tensor on ``like``'s device; values are checked while on the CPU (a GPU
+    tensor is not read back, to avoid a device sync every step)."""
+    if alpha is None:
+        return None
+    a = torch.as_tensor(alpha, dtype=like.dtype)
+    if mode == "softmax" and a.shape != (n_classes,):
+        raise ValueError(
+            f"alpha for mode='softmax' must be a sequence of {n_classes} per-class weights "
+            f"(one per logit column), got shape {tuple(a.shape)}; a scalar alpha is only "
+            "for mode='sigmoid'"
+        )
+    if mode == "sigmoid" and a.dim() > 0 and a.shape != (n_classes,):
+        raise ValueError(
+            f"alpha for mode='sigmoid' must be a scalar or have one entry per label "
+            f"(the last logit dim, {n_classes}), got shape {tuple(a.shape)}"
+        )
+    hi = math.inf if mode == "softmax" else 1.0
+    if a.device.type == "cpu" and not bool(((a >= 0) & (a <= hi)).all()):
+        allowed = ">= 0" if mode == "softmax" else "in [0, 1]"
+        raise ValueError(f"alpha values must be {allowed} for mode={mode!r}, got {alpha!r}")
+    return a.to(like.device)
+
+
+def _reduce(loss: torch.Tensor, keep: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Zero the ignored entries and reduce over the others."""
+    loss = loss.masked_fill(~keep, 0.0)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / keep.sum()
+
+
+def _phi(logp: torch.Tensor, gamma: float) -> torch.Tensor:
+    return -logp if gamma == 0 else _FocalTerm.apply(logp, gamma)
+
+
+def _softmax_focal(logits, target, gamma, alpha, ignore_index, reduction, label_smoothing):
+    if target.is_floating_point() or target.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(
+            f"mode='softmax' needs integer class indices of shape {tuple(logits.shape[:1] + logits.shape[2:])} "
+            f"for logits {tuple(logits.shape)} (classes on dim 1, as in F.cross_entropy), got "
+            f"{target.dtype} {tuple(target.shape)}"
+        )
+    n_classes = logits.shape[1]
+    a = _alpha_tensor(alpha, "softmax", n_classes, logits)
+    keep = target != ignore_index
+    safe = target.clamp_min(0) if ignore_index < 0 else torch.where(keep, target, 0)
+    if label_smoothing == 0:
+        flat = logits if logits.dim() == 2 else logits.movedim(1, -1).reshape(-1, n_classes)
+        neg_weight = keep.to(logits.dtype) if a is None else a[safe].mul_(keep)
+        neg_weight.div_(-keep.sum() if reduction == "mean" else -1.0)
+        index, neg_weight = safe.reshape(-1, 1), neg_weight.reshape(-1, 1)
+        logp = F.log_softmax(flat, dim=1)
+        loss = _FocalNLL.apply(logp, index, neg_weight, gamma, reduction != "none")
+        return loss if reduction != "none" else loss.view(target.shape)
+    logp = F.log_softmax(logits, dim=1)
+    loss = _phi(logp.gather(1, safe.unsqueeze(1)).squeeze(1), gamma)
+    terms = _phi(logp, gamma)
+    if a is not None:
+        loss = loss * a[safe]
+        terms = terms * a.view(1, -1, *([1] * (logits.dim() - 2)))
+    loss = (1.0 - label_smoothing) * loss + (label_smoothing / n_classes) * terms.sum(1)
+    return _reduce(loss, keep, reduction)
+
+
+def _sigmoid_focal(logits, target, gamma, alpha, ignore_index, reduction, label_smoothing):
+    if target.shape != logits.shape:
+        raise ValueError(
+            f"mode='sigmoid' needs a target of the logits' shape {tuple(logits.shape)} "
+            f"(0/1 or probabilities per element), got {tuple(target.shape)}"
+        )
+    keep = target != ignore_index
+    t = torch.where(keep, target, 0).to(logits.dtype)
+    if label_smoothing > 0:
+        t = t * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    a = _alpha_tensor(alpha, "sigmoid", logits.shape[-1] if logits.dim() else 1, logits)
+    pos = _phi(F.logsigmoid(logits), gamma)
+    neg = _phi(F.logsigmoid(-logits), gamma)
+    if a is None:
+        loss = t * pos + (1.0 - t) * neg
+    else:
+        loss = a * t * pos + (1.0 - a) * (1.0 - t) * neg
+    return _reduce(loss, keep, reduction)
+
+
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    alpha: Alpha = None,
+    *,
+    mode: Mode = "softmax",
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Focal loss ``-alpha_t (1 - p_t)^gamma log p_t``, computed in log space.
+
+    Args:
+        logits: softmax: ``(N, C)`` or ``(N, C, d1, ...)`` (classes on dim 1, as in
+            ``F.cross_entropy``); sigmoid: any shape, one independent binary logit per element.
+        target: softmax: class indices ``(N,)`` / ``(N, d1, ...)``; sigmoid: 0/1 labels or
+            probabilities of the logits' shape.
+        gamma: focusing parameter >= 0 (default 2; 0 gives cross-entropy).
+        alpha: softmax: per-class weights, a sequence/tensor of length C (>= 0); sigmoid: a
+            scalar or per-label (last dim) weight in [0, 1] of the positive side, the negative
+            side gets ``1 - alpha`` (the paper uses 0.25). ``None``: no weighting.
+        mode: ``"softmax"`` (multi-class) or ``"sigmoid"`` (binary / multi-label).
+        ignore_index: targets equal to it contribute nothing and are left out of the mean.
+        reduction: ``"mean"`` (over non-ignored examples; note ``F.cross_entropy(weight=)``
+            divides by the sum of weights instead), ``"sum"`` or ``"none"``.
+        label_smoothing: in [0, 1]; mixes the one-hot target with the uniform distribution
+            (over C classes, or 0.5/0.5 in sigmoid mode), as ``F.cross_entropy`` does.
+
+    Returns:
+        the loss; shape of ``target`` for ``reduction="none"``, else a scalar.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0]])
+        >>> focal_loss(logits, torch.tensor([0]), gamma=0.0)   # == F.cross_entropy
+        tensor(0.1698)
+    """
+    gamma = _check_gamma(gamma)
+    _check_common(reduction, label_smoothing, mode)
+    if mode == "softmax":
+        if gamma == 0 and alpha is None:
+            return F.cross_entropy(
+                logits, target, ignore_index=ignore_index, reduction=reduction,
+                label_smoothing=label_smoothing,
+            )
+        fn = _softmax_focal
+    else:
+        fn = _sigmoid_focal
+    return fn(logits, target, gamma, alpha, ignore_index, reduction, label_smoothing)
+
+
+class FocalLoss(nn.Module):
+    """Drop-in ``nn.Module`` for :func:`focal_loss` (alpha moves with ``.to(device)``).
+
+    Example:
+        >>> criterion = FocalLoss(gamma=2.0, alpha=[1.0, 2.0, 4.0])
+        >>> loss = criterion(torch.randn(8, 3), torch.randint(0, 3, (8,)))
+    """
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: Alpha = None,
+        *,
+        mode: Mode = "softmax",
+        ignore_index: int = -100,
+        reduction: Reduction = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.gamma = _check_gamma(gamma)
+        _check_common(reduction, label_smoothing, mode)
+        self.mode, self.ignore_index = mode, ignore_index
+        self.reduction, self.label_smoothing = reduction, float(label_smoothing)
+        a = None if alpha is None else torch.as_tensor(alpha, dtype=torch.float32)
+        if a is not None:
+            _alpha_tensor(a, mode, a.numel() if a.dim() else 1, a)
+        self.register_buffer("alpha", a)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return focal_loss(
+            logits, target, self.gamma, self.alpha, mode=self.mode,
+            ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, mode={self.mode!r}, reduction={self.reduction!r}"
+
+
+class Focal(LossSwap):
+    """Trick: replace the training loss by the focal loss of the model's logits.
+
+    ``loss_fn`` must return ``(loss, logits)``; the labels come from ``batch[target_key]``
+    or ``target_fn(batch)``. Other keyword arguments go to :func:`focal_loss`.
+
+    Example:
+        >>> tricks = danlu.Tricks([Focal(gamma=2.0)])   # dict batches with "labels"
+    """
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: Alpha = None,
+        *,
+        target_key: str = "labels",
+        target_fn: Callable[[Any], torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(target_key, target_fn)
+        self.criterion = FocalLoss(gamma, alpha, **kwargs)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.criterion.to(logits.device)(logits, target)
+
+    def __repr__(self) -> str:
+        return f"Focal({self.criterion.extra_repr()})"
