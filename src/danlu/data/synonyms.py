@@ -166,19 +166,25 @@ def _load_word2vec(path: str) -> tuple[dict[str, int], list[str], np.ndarray]:
     """Read a word2vec *binary* file: header ``"<count> <dim>\\n"``, then per word
     ``b"<word> "`` + ``dim`` little-endian float32 (+ an optional ``b"\\n"``)."""
     data = Path(path).read_bytes()
-    end = data.index(b"\n")
-    count, dim = (int(x) for x in data[:end].split())
+    end = data.find(b"\n")
+    try:
+        count, dim = (int(x) for x in data[:end].split())
+    except ValueError:
+        raise ValueError(f"{path} is not a word2vec binary file (header {data[:40]!r})") from None
     width = 4 * dim
     words: list[str] = []
     chunks: list[bytes] = []
     pos = end + 1
-    for _ in range(count):
-        while data[pos] in (10, 32):  # b"\n", b" " between records
-            pos += 1
-        space = data.index(b" ", pos)
-        words.append(data[pos:space].decode("utf-8", errors="replace"))
-        pos = space + 1 + width
-        chunks.append(data[space + 1 : pos])
+    try:
+        for _ in range(count):
+            while data[pos] in (10, 32):  # b"\n", b" " between records
+                pos += 1
+            space = data.index(b" ", pos)
+            words.append(data[pos:space].decode("utf-8", errors="replace"))
+            pos = space + 1 + width
+            chunks.append(data[space + 1 : pos])
+    except (IndexError, ValueError):
+        pos = len(data) + 1
     if pos > len(data):
         raise ValueError(f"{path} is truncated: expected {count} vectors of dim {dim}")
     vectors = np.frombuffer(b"".join(chunks), dtype="<f4").reshape(count, dim).astype(np.float32)
