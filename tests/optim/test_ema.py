@@ -106,6 +106,19 @@ def test_half_precision_model_keeps_fp32_shadow(dtype):
         assert all(p.dtype == dtype for p in model.parameters())
 
 
+def test_model_cast_after_construction_is_regrouped():
+    lin = nn.Linear(3, 1)
+    ema = EMA(lin, decay=0.5)
+    start = {n: s.clone() for n, s in ema.shadow.items()}
+    ema.update()
+    lin.to(torch.bfloat16)  # shadow stays fp32; the params changed dtype in place
+    ema.update()
+    for n, p in lin.named_parameters():
+        expected = 0.5 * (0.5 * start[n] + 0.5 * start[n]) + 0.5 * p.detach().float()
+        torch.testing.assert_close(ema.shadow[n], expected, atol=1e-7, rtol=0)
+        assert ema.shadow[n].dtype == torch.float32
+
+
 def test_restore_is_bit_identical_also_after_an_exception():
     torch.manual_seed(0)
     model = TinyTextClassifier()

@@ -65,16 +65,26 @@ def ema_update_(
     decay = _check_decay(decay)
     if len(shadow) != len(params):
         raise ValueError(f"shadow has {len(shadow)} tensors but params has {len(params)}")
+    _lerp_groups(_group(shadow, params), decay)
+
+
+_Groups = list[tuple[list[torch.Tensor], list[torch.Tensor], bool]]
+
+
+def _group(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> _Groups:
     groups: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for s, p in zip(shadow, params):
         if not s.is_floating_point():
             raise TypeError(f"EMA averages floating-point tensors, got a {s.dtype} shadow")
-        key = (s.device, s.dtype, p.dtype)
-        groups.setdefault(key, ([], []))
-        groups[key][0].append(s)
-        groups[key][1].append(p.detach())
-    for (_, s_dtype, p_dtype), (s_list, p_list) in groups.items():
-        if s_dtype == p_dtype:
+        s_list, p_list = groups.setdefault((s.device, s.dtype, p.dtype), ([], []))
+        s_list.append(s)
+        p_list.append(p)
+    return [(s_list, p_list, key[1] == key[2]) for key, (s_list, p_list) in groups.items()]
+
+
+def _lerp_groups(groups: _Groups, decay: float) -> None:
+    for s_list, p_list, same_dtype in groups:
+        if same_dtype:
             torch._foreach_lerp_(s_list, p_list, 1.0 - decay)
         else:
             torch._foreach_mul_(s_list, decay)
@@ -146,6 +156,8 @@ class EMA(Trick):
                 n: b.detach().clone() for n, b in self.model.named_buffers()
             }
         self._backup: list[torch.Tensor] | None = None
+        self._groups: _Groups = []
+        self._layout: list[tuple] = []
 
     # ------------------------------------------------------------------ averaging
     @torch.no_grad()
@@ -167,8 +179,10 @@ class EMA(Trick):
         self.step = self.step + 1 if step is None else int(step)
         if self.step % self.every:
             return False
-        decay = ema_decay(self.step, self.decay, self.warmup)
-        ema_update_(list(self.shadow.values()), self._params, decay)
+        layout = [(p.device, p.dtype) for p in self._params]
+        if layout != self._layout:  # first update, or the model was moved / cast since
+            self._groups, self._layout = _group(list(self.shadow.values()), self._params), layout
+        _lerp_groups(self._groups, ema_decay(self.step, self.decay, self.warmup))
         if self._buffers:
             torch._foreach_copy_(list(self.shadow_buffers.values()), self._buffers)
         self.num_updates += 1
