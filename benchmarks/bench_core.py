@@ -1,0 +1,56 @@
+"""Orchestrator overhead: a plain hand-written step vs the same step through ``Tricks``,
+with and without clipping / monitoring / warmup, on a MiniLM-shaped BERT (8x128, AdamW).
+
+    .venv/bin/python benchmarks/bench_core.py
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from _common import compare, minilm_shaped_classifier, report, set_threads, text_batch
+
+from danlu import Tricks
+from danlu.optim import GradNormMonitor, Schedule, linear_warmup
+
+
+def loss_fn(model, batch):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(logits, batch["labels"]), logits
+
+
+def main() -> None:
+    set_threads(2)
+    model = minilm_shaped_classifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    batch = text_batch()
+
+    def plain():
+        loss_fn(model, batch)[0].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def plain_clip():
+        loss_fn(model, batch)[0].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    bare = Tricks()
+    full = Tricks(
+        [GradNormMonitor(), Schedule(linear_warmup(opt, 10, 10_000))], max_grad_norm=1.0
+    )
+    medians = compare(
+        {
+            "plain step": plain,
+            "Tricks([])": lambda: bare.step(model, opt, batch, loss_fn),
+            "plain + clip_grad_norm_": plain_clip,
+            "Tricks(monitor, clip, warmup)": lambda: full.step(model, opt, batch, loss_fn),
+        },
+        repeat=7,
+    )
+    report("Orchestrator overhead (MiniLM-shaped BERT, 8x128, AdamW)", medians)
+
+
+if __name__ == "__main__":
+    main()
