@@ -46,7 +46,8 @@ def batch(n: int = 8, seq: int = 7, seed: int = 0, n_classes: int = 3) -> dict:
 def loss_fn(model, b):
     out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
     logits = out.logits if hasattr(out, "logits") else out
-    return F.cross_entropy(logits.float(), b["labels"]), logits
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(wide, b["labels"]), logits
 
 
 def make(kind: str):

@@ -5,7 +5,21 @@ Every class is a drop-in object for a hand-written loop and a :class:`danlu.Tric
 """
 
 from danlu.adversarial._embeddings import find_embedding
+from danlu.adversarial.awp import AWP, awp_select
 from danlu.adversarial.fgm import FGM, fgm_delta, grad_rows
+from danlu.adversarial.freelb import FreeLB, freelb_ascent, freelb_init
 from danlu.adversarial.pgd import PGD, project_rows
 
-__all__ = ["find_embedding", "FGM", "fgm_delta", "grad_rows", "PGD", "project_rows"]
+__all__ = [
+    "find_embedding",
+    "FGM",
+    "fgm_delta",
+    "grad_rows",
+    "PGD",
+    "project_rows",
+    "FreeLB",
+    "freelb_init",
+    "freelb_ascent",
+    "AWP",
+    "awp_select",
+]

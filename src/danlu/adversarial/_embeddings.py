@@ -102,6 +102,21 @@ def find_embedding(model: nn.Module, target: Target = None) -> nn.Parameter:
     return max(cands, key=lambda c: c[1].num_embeddings)[1].weight
 
 
+def find_embedding_module(model: nn.Module, target: Target = None) -> nn.Module:
+    """The module that owns :func:`find_embedding`'s weight (to hook its output)."""
+    weight = find_embedding(model, target)
+    if isinstance(target, nn.Module):
+        return target
+    owners = [m for m in unwrap_model(model).modules() if getattr(m, "weight", None) is weight]
+    owners.sort(key=lambda m: not isinstance(m, nn.Embedding))  # tied weights: the embedding
+    if owners:
+        return owners[0]
+    raise ValueError(
+        "target is a parameter that no module of the model owns; pass the embedding module "
+        "or its name instead"
+    )
+
+
 def check_positive(name: str, value: float) -> float:
     """``value`` as a float, or a ValueError when it is not a finite number > 0."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not (
