@@ -21,7 +21,7 @@ from danlu.integrations.lightning import DanluCallback, manual_step  # noqa: E40
 LR = 0.5
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*LeafSpec.*:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:.*LeafSpec"),
 ]
 
 
