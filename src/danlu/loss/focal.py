@@ -10,9 +10,12 @@ the negative side is weighted by ``1 - alpha``). With one-hot targets this is th
 ``-alpha_t (1 - p_t)^gamma log p_t``; with ``gamma=0`` and ``alpha=None`` it is
 cross-entropy (softmax) or binary cross-entropy with logits (sigmoid).
 
-Everything is computed from ``log_softmax`` / ``logsigmoid`` and ``1 - p = -expm1(log p)``,
-with a hand-written gradient of ``-(1 - p)^gamma log p`` that stays finite as ``p -> 1``
-(for every ``gamma >= 0``, also ``0 < gamma < 1``): logits of ±1e4 are fine.
+Everything works on ``nll = -log p`` (from the fused ``F.cross_entropy(reduction="none")``
+kernel, ``-log_softmax`` or ``softplus``) and ``1 - p = -expm1(-nll)``, with a hand-written
+gradient of ``(1 - p)^gamma · nll`` that stays finite as ``p -> 1`` for every
+``gamma >= 0`` (also ``0 < gamma < 1``): logits of ±1e4 are fine. Only the target's
+``-log p_t`` is modulated, so the default path costs one cross-entropy plus a few per-row
+operations.
 """
 
 from __future__ import annotations
@@ -34,66 +37,36 @@ Reduction = Literal["mean", "sum", "none"]
 Alpha = float | Sequence[float] | torch.Tensor | None
 
 
-def _q_and_qg(logp: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    q = torch.expm1(logp).neg_()  # 1 - p, accurate near p = 1 (logp <= 0, so q >= 0)
-    return q, q.pow(gamma)
-
-
-def _neg_dphi(logp: torch.Tensor, q: torch.Tensor, qg: torch.Tensor, gamma: float):
-    """``-phi'(l)`` for ``phi(l) = -(1 - e^l)^gamma · l``, given ``q = 1 - e^l``, ``qg = q^gamma``.
-
-    ``-phi'(l) = q^g - g·p·l·q^(g-1) = q^(g-1) · (q - g·p·l)``; for ``g < 1`` (where
-    ``q^(g-1)`` blows up at ``p = 1``) it is written ``q^g · (1 - g·p·(l/q))`` with
-    ``l/q -> -1`` as ``q -> 0``: finite for every ``gamma > 0``.
-    """
-    p = logp.exp()
+def _dfocal(nll, p, q, qg, gamma: float) -> torch.Tensor:
+    """d/d nll of ``q^g · nll`` with ``p = e^-nll``, ``q = 1 - p``, ``qg = q^g``:
+    ``q^(g-1) · (q + g·p·nll)``; for ``g < 1`` (where ``q^(g-1)`` blows up at ``p = 1``)
+    written ``q^g · (1 + g·p·(nll/q))`` with ``nll/q -> 1`` as ``q -> 0``."""
     if gamma >= 1:
-        out = torch.addcmul(q, p, logp, value=-gamma)
+        out = torch.addcmul(q, p, nll, value=gamma)
         return out if gamma == 1 else out.mul_(q if gamma == 2 else q.pow(gamma - 1))
-    ratio = torch.where(q > 0, logp / q, -1.0)
-    return ratio.mul_(p).mul_(-gamma).add_(1.0).mul_(qg)
+    ratio = torch.where(q > 0, nll / q, 1.0)
+    return ratio.mul_(p).mul_(gamma).add_(1.0).mul_(qg)
 
 
 class _FocalTerm(torch.autograd.Function):
-    """Elementwise ``phi(l) = -(1 - e^l)^gamma · l`` for log-probabilities ``l <= 0``."""
+    """Elementwise ``(1 - p)^gamma · nll`` of a negative log-probability ``nll = -log p``,
+    with ``1 - p = -expm1(-nll)`` and a hand-written derivative that stays finite as
+    ``p -> 1`` for every ``gamma > 0``; the derivative is formed in the forward, so the
+    backward is one multiplication."""
 
     @staticmethod
-    def forward(ctx, logp: torch.Tensor, gamma: float) -> torch.Tensor:
-        q, qg = _q_and_qg(logp, gamma)
+    def forward(ctx, nll: torch.Tensor, gamma: float) -> torch.Tensor:
+        m = nll.neg()
+        q = torch.expm1(m).neg_()
+        qg = q.pow(gamma)
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(_neg_dphi(logp, q, qg, gamma))
-        return qg.mul_(logp).neg_()
+            ctx.save_for_backward(_dfocal(nll, m.exp_(), q, qg, gamma))
+        return qg.mul_(nll)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (neg_dphi,) = ctx.saved_tensors
-        return -grad * neg_dphi, None
-
-
-class _FocalNLL(torch.autograd.Function):
-    """``sum_i phi(logp[i, index_i]) · (-neg_weight_i)``: the focal analogue of ``nll_loss``.
-
-    The forward also computes ``d loss / d logp_t``, so the backward is one scatter into
-    zeros, exactly like ``nll_loss``'s; autograd's ``log_softmax`` backward does the rest.
-    ``neg_weight`` is the negated row weight (the sign of ``phi`` folded in).
-    """
-
-    @staticmethod
-    def forward(ctx, logp, index, neg_weight, gamma: float, reduce: bool) -> torch.Tensor:
-        logp_t = logp.gather(1, index)
-        q, qg = _q_and_qg(logp_t, gamma)
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(index, _neg_dphi(logp_t, q, qg, gamma).mul_(neg_weight))
-            ctx.shape = logp.shape
-        loss = qg.mul_(logp_t)
-        return loss.view(-1).dot(neg_weight.view(-1)) if reduce else loss.mul_(neg_weight).view(-1)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        index, g = ctx.saved_tensors
-        g = g * (grad if grad.dim() == 0 else grad.view(-1, 1))
-        out = g.new_zeros(ctx.shape).scatter_(1, index, g)
-        return out, None, None, None, None
+        (d,) = ctx.saved_tensors
+        return grad * d, None
 
 
 def _check_gamma(gamma: float) -> float:
@@ -141,45 +114,38 @@ def _alpha_tensor(alpha: Alpha, mode: str, n_classes: int, like: torch.Tensor):
 
 
 def _reduce(loss: torch.Tensor, keep: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Zero the ignored entries and reduce over the others."""
-    loss = loss.masked_fill(~keep, 0.0)
+    """Sum, or average over the kept entries (ignored entries are already 0)."""
     if reduction == "none":
         return loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / keep.sum()
+    return loss.sum() if reduction == "sum" else loss.sum() / keep.sum()
 
 
-def _phi(logp: torch.Tensor, gamma: float) -> torch.Tensor:
-    return -logp if gamma == 0 else _FocalTerm.apply(logp, gamma)
+def _focal(nll: torch.Tensor, gamma: float) -> torch.Tensor:
+    return nll if gamma == 0 else _FocalTerm.apply(nll, gamma)
 
 
 def _softmax_focal(logits, target, gamma, alpha, ignore_index, reduction, label_smoothing):
     if target.is_floating_point() or target.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(
-            f"mode='softmax' needs integer class indices of shape {tuple(logits.shape[:1] + logits.shape[2:])} "
-            f"for logits {tuple(logits.shape)} (classes on dim 1, as in F.cross_entropy), got "
-            f"{target.dtype} {tuple(target.shape)}"
+            f"mode='softmax' needs integer class indices of shape "
+            f"{tuple(logits.shape[:1] + logits.shape[2:])} for logits {tuple(logits.shape)} "
+            f"(classes on dim 1, as in F.cross_entropy), got {target.dtype} "
+            f"{tuple(target.shape)}"
         )
     n_classes = logits.shape[1]
     a = _alpha_tensor(alpha, "softmax", n_classes, logits)
     keep = target != ignore_index
-    safe = target.clamp_min(0) if ignore_index < 0 else torch.where(keep, target, 0)
-    if label_smoothing == 0:
-        flat = logits if logits.dim() == 2 else logits.movedim(1, -1).reshape(-1, n_classes)
-        neg_weight = keep.to(logits.dtype) if a is None else a[safe].mul_(keep)
-        neg_weight.div_(-keep.sum() if reduction == "mean" else -1.0)
-        index, neg_weight = safe.reshape(-1, 1), neg_weight.reshape(-1, 1)
-        logp = F.log_softmax(flat, dim=1)
-        loss = _FocalNLL.apply(logp, index, neg_weight, gamma, reduction != "none")
-        return loss if reduction != "none" else loss.view(target.shape)
-    logp = F.log_softmax(logits, dim=1)
-    loss = _phi(logp.gather(1, safe.unsqueeze(1)).squeeze(1), gamma)
-    terms = _phi(logp, gamma)
+    # -log p_t from the fused cross-entropy kernel: 0 (and no gradient) at ignored entries
+    ce = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
+    loss = _focal(ce, gamma)
     if a is not None:
-        loss = loss * a[safe]
-        terms = terms * a.view(1, -1, *([1] * (logits.dim() - 2)))
-    loss = (1.0 - label_smoothing) * loss + (label_smoothing / n_classes) * terms.sum(1)
+        loss = loss * a[target.clamp_min(0) if ignore_index < 0 else torch.where(keep, target, 0)]
+    if label_smoothing > 0:
+        terms = _focal(-F.log_softmax(logits, dim=1), gamma)
+        if a is not None:
+            terms = terms * a.view(1, -1, *([1] * (logits.dim() - 2)))
+        smooth = terms.sum(1).masked_fill_(~keep, 0.0)
+        loss = (1.0 - label_smoothing) * loss + (label_smoothing / n_classes) * smooth
     return _reduce(loss, keep, reduction)
 
 
@@ -194,13 +160,13 @@ def _sigmoid_focal(logits, target, gamma, alpha, ignore_index, reduction, label_
     if label_smoothing > 0:
         t = t * (1.0 - label_smoothing) + 0.5 * label_smoothing
     a = _alpha_tensor(alpha, "sigmoid", logits.shape[-1] if logits.dim() else 1, logits)
-    pos = _phi(F.logsigmoid(logits), gamma)
-    neg = _phi(F.logsigmoid(-logits), gamma)
+    pos = _focal(F.softplus(-logits), gamma)  # softplus(-x) = -log sigmoid(x)
+    neg = _focal(F.softplus(logits), gamma)  # softplus(x) = -log(1 - sigmoid(x))
     if a is None:
         loss = t * pos + (1.0 - t) * neg
     else:
         loss = a * t * pos + (1.0 - a) * (1.0 - t) * neg
-    return _reduce(loss, keep, reduction)
+    return _reduce(loss.masked_fill(~keep, 0.0), keep, reduction)
 
 
 def focal_loss(
