@@ -42,6 +42,13 @@ def awp_select(model: nn.Module, adv_param: Selector = "weight") -> list[nn.Para
     return params
 
 
+def _norms(tensors: list[torch.Tensor]) -> list[float]:
+    """L2 norms of many tensors with one host sync (fp64 when any tensor is fp64)."""
+    norms = torch._foreach_norm(tensors)
+    wide = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
+    return torch.stack([n.to(wide) for n in norms]).tolist()
+
+
 class AWP(Trick):
     """Adversarial weight perturbation.
 
@@ -103,8 +110,7 @@ class AWP(Trick):
             if not pairs:
                 return 0
             ws, gs = [p for p, _ in pairs], [p.grad for p, _ in pairs]
-            g_norms = torch.stack([n.float() for n in torch._foreach_norm(gs)]).tolist()
-            w_norms = torch.stack([n.float() for n in torch._foreach_norm(ws)]).tolist()
+            g_norms, w_norms = _norms(gs), _norms(ws)
             moved = [
                 (i, self.adv_lr * (wn + 1e-6) / (gn + 1e-6))
                 for i, (gn, wn) in enumerate(zip(g_norms, w_norms))
