@@ -446,3 +446,39 @@ def test_bad_use_inside_tricks():
     tup = (make_batch()["input_ids"], make_batch()["labels"])
     state = Tricks([EmbeddingMixup(target_fn=lambda b: b[1])]).step(model, opt, tup, tuple_loss)
     assert torch.isfinite(state.loss)
+
+
+# ----------------------------------------------------------------------------- DDP
+def _ddp_worker(rank, world, out_dir):
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(TinyTextClassifier())
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    tricks = Tricks([EmbeddingMixup(alpha=0.5, seed=9)])
+    for step in range(3):
+        tricks.step(model, opt, make_batch(n=4, seed=10 * step + rank), loss_fn)
+    torch.save(model.module.state_dict(), f"{out_dir}/rank{rank}.pt")
+
+
+def test_embedding_mixup_under_ddp_matches_a_single_process_reference(tmp_path):
+    from helpers import run_ddp
+
+    from danlu.data.mixup import sample_lambda, sample_permutation
+
+    run_ddp(_ddp_worker, str(tmp_path))
+    torch.manual_seed(0)
+    ref = TinyTextClassifier()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.5)
+    g = torch.Generator().manual_seed(9)  # every rank's trick draws the same lam / index
+    for step in range(3):
+        lam, index = sample_lambda(0.5, g), sample_permutation(4, g)
+        losses = []
+        for rank in range(2):
+            b = make_batch(n=4, seed=10 * step + rank)
+            losses.append(_tiny_reference_loss(ref, b, lam, index, "embed"))
+        (sum(losses) / 2).backward()
+        opt.step()
+        opt.zero_grad()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        for k, v in ref.state_dict().items():
+            torch.testing.assert_close(got[k], v, atol=1e-6, rtol=0, msg=k)
