@@ -91,7 +91,8 @@ def augment(
 
     Example:
         >>> from danlu.data.eda import EDA
-        >>> aug = augment(["a fine film", "dull"], [1, 0], EDA(n_aug=4), seed=0, progress=False)
+        >>> swap_delete = EDA(alpha_sr=0, alpha_ri=0, n_aug=4)   # no synonym data needed
+        >>> aug = augment(["a fine film", "dull"], [1, 0], swap_delete, seed=0, progress=False)
         >>> aug.texts[0], aug.labels[0], aug.source[:3]
         ('a fine film', 1, [0, 0, 0])
     """

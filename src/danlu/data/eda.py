@@ -178,7 +178,7 @@ def random_insertion(
 
     Example:
         >>> random_insertion(["a", " ", "fox"], 1, {"fox": ["tod"]}.get, random.Random(0))
-        ['tod', ' ', 'a', ' ', 'fox']
+        ['a', ' ', 'tod', ' ', 'fox']
     """
     positions = _positions(tokens)
     candidates = _replaceable(tokens, positions, _safe(source), stop_words, lang)
@@ -305,9 +305,12 @@ class EDA:
         seed: int, ``random.Random`` or None (fresh entropy); never the global ``random``.
 
     Example:
-        >>> aug = EDA(alpha_sr=0.1, alpha_ri=0, alpha_rs=0.1, p_rd=0.1, n_aug=4, seed=0)
-        >>> aug("这部电影的剧情非常精彩")            # ['这部电影的剧情非常精彩', ...]
-        >>> aug.augment("a fine film", random.Random(1))   # only the 4 new ones
+        >>> aug = EDA(n_aug=4, seed=0)                  # Cilin synonyms for Chinese
+        >>> aug("这部电影的剧情非常精彩")                 # doctest: +SKIP
+        ['这部电影的剧情非常精彩', '这部电影的剧情非常名特优', ...]
+        >>> swap_delete = EDA(alpha_sr=0, alpha_ri=0, n_aug=2)   # needs no synonym data
+        >>> len(swap_delete.augment("a fine film", random.Random(1)))   # new ones only
+        2
     """
 
     def __init__(

@@ -146,7 +146,7 @@ def cilin(path: str | os.PathLike | None = None, related: bool = False) -> FileS
 
     Example:
         >>> cilin()("开心")[:3]
-        ['快乐', '欢快', '欢乐']
+        ['高兴', '愉快', '欢快']
     """
     if path is None:
         try:
