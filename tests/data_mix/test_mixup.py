@@ -53,6 +53,9 @@ def test_mixup_batch_with_given_lam_and_index_and_x_untouched():
     mb = mixup_batch(x, y, alpha=1.0, lam=0.25, index=index)
     torch.testing.assert_close(mb.x, 0.25 * x + 0.75 * x[index])
     assert mb.lam == 0.25 and torch.equal(mb.index, index) and torch.equal(x, x0)
+    soft = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])  # soft targets travel along
+    mb = mixup_batch(x, soft, alpha=1.0, lam=0.25, index=index)
+    assert torch.equal(mb.y_b, soft[index])
 
 
 def test_same_seed_same_draws_and_global_rng_untouched():
@@ -63,7 +66,9 @@ def test_same_seed_same_draws_and_global_rng_untouched():
     p2 = sample_permutation(10, torch.Generator().manual_seed(7))
     sample_lambda(0.4)  # unseeded path must not touch the global RNG either
     b = [sample_lambda(0.4, np.random.default_rng(5)) for _ in range(2)]
-    assert a[0] == a[1] and b[0] == b[1] and torch.equal(p1, p2)
+    q1, q2 = (sample_permutation(10, np.random.default_rng(5)) for _ in range(2))
+    assert a[0] == a[1] and b[0] == b[1] and torch.equal(p1, p2) and torch.equal(q1, q2)
+    assert sorted(q1.tolist()) == list(range(10)) and q1.dtype == torch.long
     assert torch.equal(torch.get_rng_state(), state)
     assert np.array_equal(np.random.get_state()[1], np_state)
 
