@@ -1,5 +1,6 @@
-"""DanluTrainer with danlu's own tricks (FGM, EMA, SWA, layer decay, focal) against the same
-tricks driven by ``danlu.Tricks`` in a hand-written loop on the same batches."""
+"""DanluTrainer with danlu's own tricks (FGM, PGD, AWP, R-Drop, EMA, SWA, layer decay, focal)
+against the same tricks driven by ``danlu.Tricks`` in a hand-written loop on the same
+batches."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import torch
 from helpers import assert_params_close, make_batch
 
 import danlu
-from danlu.adversarial import FGM
-from danlu.loss.focal import Focal
+from danlu.adversarial import AWP, FGM, PGD
+from danlu.loss import Focal, RDrop
 from danlu.optim import EMA, SWA, layer_decay_groups
 
 transformers = pytest.importorskip(
@@ -182,3 +183,45 @@ def test_focal_loss_swap_matches_custom_loop(tmp_path):
     assert_params_close(model, ref, atol=1e-6)
     custom_loop(plain, [batch], [])
     assert (model.classifier.weight - plain.classifier.weight).abs().max() > 1e-4
+
+
+class Reseed(danlu.Trick):
+    """Pins the dropout masks: the same seed per micro-batch in both loops."""
+
+    order = danlu.Order.DATA
+
+    def on_batch(self, batch, state):
+        torch.manual_seed(1000 + state.micro_step)
+        return batch
+
+
+def dropout_bert() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=16, num_labels=3,
+        hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.1,
+    )
+    return transformers.BertForSequenceClassification(cfg)
+
+
+@pytest.mark.parametrize("attack", ["pgd", "awp"])
+def test_rdrop_with_pgd_or_awp_and_accumulation_match_custom_loop(tmp_path, attack):
+    batch = make_batch(n=8, seq=6, vocab=50, n_classes=3, seed=7)
+    model = dropout_bert()
+    ref = copy.deepcopy(model)
+
+    def tricks(m):
+        adv = PGD(m, eps=1.0, alpha=0.3, steps=2) if attack == "pgd" else AWP(m, adv_lr=0.5)
+        return [Reseed(), RDrop(alpha=2.0), adv]
+
+    DanluTrainer(
+        model=model, args=args(tmp_path, per_device_train_batch_size=4,
+                               gradient_accumulation_steps=2),
+        train_dataset=rows(batch), tricks=tricks(model),
+    ).train()
+    opt = torch.optim.SGD(ref.parameters(), lr=LR)
+    runner = danlu.Tricks(tricks(ref), accumulate=2)
+    for b in chunks(batch, 4):
+        runner.step(ref, opt, b, hf_loss)
+    assert_params_close(model, ref, atol=1e-6)

@@ -22,6 +22,7 @@ LR = 0.5
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning"),
     pytest.mark.filterwarnings("ignore:.*LeafSpec"),
+    pytest.mark.filterwarnings("ignore:.*no `val_dataloader`"),
 ]
 
 
@@ -39,6 +40,9 @@ class Classifier(L.LightningModule):
         if self.automatic_optimization:
             return net_loss(self, batch)[0]
         manual_step(self, batch, net_loss)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", net_loss(self, batch)[0])
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=LR)
@@ -173,3 +177,39 @@ def test_step_skipped_by_grad_scaler_runs_no_after_step():
     trainer.global_step = 2
     callback.on_train_batch_end(trainer, None, None, None, 1)
     assert ema.num_updates == 1 and callback.tricks.state.step == 1
+
+
+def test_validation_runs_with_the_averaged_weights():
+    batch, dev = make_batch(n=12, seed=5), make_batch(n=6, seed=6)
+    torch.manual_seed(0)
+    net = TinyTextClassifier()
+    ema = EMA(net, decay=0.5)
+    callback = DanluCallback([ema], average=ema)
+    trainer = L.Trainer(
+        max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+    )
+    module = Classifier(net)
+    trainer.fit(module, loader(batch, 4))
+    live = {k: v.clone() for k, v in net.state_dict().items()}
+    (metrics,) = trainer.validate(module, loader(dev, 6), verbose=False)
+    with ema.averaged(), torch.no_grad():
+        expected = loss_fn(net, dev)[0].item()
+    with torch.no_grad():
+        assert abs(loss_fn(net, dev)[0].item() - expected) > 1e-4  # EMA differs from live
+    assert metrics["val_loss"] == pytest.approx(expected, abs=1e-6)
+    for k, v in net.state_dict().items():  # live weights restored bit for bit
+        assert torch.equal(v, live[k])
+
+
+def test_manual_fgm_under_bf16_matches_custom_loop_bf16():
+    batch = make_batch(n=8, seed=7)
+    torch.manual_seed(0)
+    net = TinyTextClassifier()
+    ref = copy.deepcopy(net)
+    callback = DanluCallback([FGM(net, eps=1.0)])
+    fit(Classifier(net, manual=True), loader(batch, 8), callback, steps=1,
+        precision="bf16-mixed")
+    opt = torch.optim.SGD(ref.parameters(), lr=LR)
+    danlu.Tricks([FGM(ref, eps=1.0)], amp="bf16").step(ref, opt, batch, loss_fn)
+    assert_params_close(net, ref, atol=1e-6)

@@ -9,7 +9,8 @@ Automatic optimisation (step-level tricks: EMA, SWA, clipping, schedules, monito
 there and clips after it), ``after_step`` on ``on_train_batch_end`` only when an optimizer
 step happened and the GradScaler did not skip it (under :func:`manual_step`: right after
 ``optimizer.step()``), ``on_epoch_end`` on
-``on_train_epoch_end``; the tricks' state is saved in Lightning checkpoints.
+``on_train_epoch_end``; the tricks' state is saved in Lightning checkpoints. With
+``average=ema`` (or an ``SWA``) validation and test loops see the averaged weights.
 
 Adversarial training and loss wrappers (FGM, PGD, AWP, R-Drop, focal, mixup) need the
 backward pass, which Lightning's automatic optimisation keeps to itself: use manual
@@ -31,6 +32,7 @@ optimisation and :func:`manual_step`, which runs danlu's micro-batch hooks with
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +40,7 @@ import torch
 
 from danlu._optional import require
 from danlu.core import LossFn, State, Trick, Tricks
+from danlu.integrations._average import averaged_weights, check_average
 
 _pl = require("lightning.pytorch", "lightning", "the Lightning integration")
 
@@ -65,16 +68,21 @@ class DanluCallback(_pl.Callback):
     Args:
         tricks: danlu ``Trick`` s, or a ``Tricks`` (for ``accumulate`` under manual
             optimisation; its ``amp`` must be None).
+        average: a danlu ``EMA`` or ``SWA``: validation and test loops run with its
+            averaged weights (swapped in at the loop's start, restored at its end).
 
     Example:
         >>> ema = EMA(model.net, decay=0.999)
-        >>> trainer = L.Trainer(max_epochs=3, callbacks=[DanluCallback([ema])])
-        >>> trainer.fit(model, loader)
+        >>> trainer = L.Trainer(max_epochs=3, callbacks=[DanluCallback([ema], average=ema)])
+        >>> trainer.fit(model, loader, val_loader)        # validation sees the EMA weights
         >>> with ema.averaged():
-        ...     trainer.validate(model, val_loader)
+        ...     torch.save(model.net.state_dict(), "ema.pt")
     """
 
-    def __init__(self, tricks: Tricks | Sequence[Trick]) -> None:
+    def __init__(self, tricks: Tricks | Sequence[Trick], average: Any = None) -> None:
+        check_average(average)
+        self.average = average
+        self._swap: contextlib.ExitStack | None = None
         self.tricks = tricks if isinstance(tricks, Tricks) else Tricks(tricks)
         if self.tricks.amp is not None:
             raise ValueError(
@@ -138,6 +146,31 @@ class DanluCallback(_pl.Callback):
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self.tricks.epoch_end()
+
+    def _swap_in(self, pl_module: Any) -> None:
+        if self.average is not None and self._swap is None:
+            self._swap = contextlib.ExitStack()
+            self._swap.enter_context(averaged_weights(self.average, pl_module))
+
+    def _swap_out(self) -> None:
+        if self._swap is not None:
+            swap, self._swap = self._swap, None
+            swap.close()
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._swap_in(pl_module)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self._swap_out()
+
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self._swap_in(pl_module)
+
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        self._swap_out()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._swap_out()
 
     def state_dict(self) -> dict[str, Any]:
         return self.tricks.state_dict()

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -45,6 +45,7 @@ from torch import nn
 
 from danlu._optional import require
 from danlu.core import Trick, Tricks
+from danlu.integrations._average import averaged_weights, check_average
 
 _transformers = require("transformers", "hf", "the HF Trainer integration")
 Trainer = _transformers.Trainer
@@ -73,43 +74,6 @@ def _inner_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     if isinstance(optimizer, accelerate_optimizer.AcceleratedOptimizer):
         return optimizer.optimizer
     return optimizer
-
-
-@contextlib.contextmanager
-def averaged_weights(average: Any, model: nn.Module) -> Iterator[nn.Module]:
-    """Context manager: ``model`` holds the weights averaged by ``average`` inside the block
-    and its own weights (bit for bit) afterwards.
-
-    ``average`` is a danlu ``EMA`` (its ``averaged()`` context is used) or ``SWA`` (the
-    parameters and buffers of its ``AveragedModel`` are copied in; before the first average
-    the model keeps its own weights).
-
-    Example:
-        >>> with averaged_weights(swa, model):
-        ...     metrics = trainer.evaluate()
-    """
-    averaged = average.averaged
-    if not isinstance(averaged, nn.Module):
-        with averaged():
-            yield model
-        return
-    if int(getattr(averaged, "n_averaged", 1)) == 0:
-        yield model
-        return
-    source = getattr(averaged, "module", averaged)
-    live = list(model.parameters()) + list(model.buffers())
-    mean = list(source.parameters()) + list(source.buffers())
-    if [t.shape for t in live] != [t.shape for t in mean]:
-        raise ValueError("the averaged model does not match the model: was it built from it?")
-    with torch.no_grad():
-        backup = [t.detach().clone() for t in live]
-        try:
-            for t, m in zip(live, mean):
-                t.copy_(m)
-            yield model
-        finally:
-            for t, b in zip(live, backup):
-                t.copy_(b)
 
 
 class _StepHooks(TrainerCallback):
@@ -217,11 +181,7 @@ class TricksMixin:
                 f"param_groups must be a callable model -> list of param-group dicts, got "
                 f"{type(param_groups).__name__}"
             )
-        if average is not None and not callable(getattr(average, "averaged", None)):
-            raise TypeError(
-                "average must be a danlu EMA (an averaged() context manager) or SWA (an "
-                f"AveragedModel in .averaged), got {type(average).__name__}"
-            )
+        check_average(average)
         self.danlu_callback = _StepHooks(tricks)
         self.tricks = self.danlu_callback.tricks
         self.param_groups, self.average = param_groups, average
