@@ -14,8 +14,14 @@ from danlu.optim import find_layer_list, layer_decay_groups, linear_warmup, lr_t
 
 transformers = pytest.importorskip("transformers")
 
-SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-             vocab_size=99, max_position_embeddings=64)
+SMALL = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    intermediate_size=64,
+    vocab_size=99,
+    max_position_embeddings=64,
+)
 LR, DECAY, WD = 1e-3, 0.8, 0.05
 
 
@@ -65,8 +71,9 @@ def test_bert_like_encoders(config_cls, model_cls):
 
 
 def test_deberta_v2_with_relative_position_embeddings():
-    cfg = transformers.DebertaV2Config(**SMALL, relative_attention=True, position_buckets=8,
-                                       norm_rel_ebd="layer_norm")
+    cfg = transformers.DebertaV2Config(
+        **SMALL, relative_attention=True, position_buckets=8, norm_rel_ebd="layer_norm"
+    )
     model = transformers.DebertaV2ForSequenceClassification(cfg)
     names = [n for n, _ in model.named_parameters()]
     assert "deberta.encoder.rel_embeddings.weight" in names
@@ -99,7 +106,9 @@ def test_real_minilm(monkeypatch):
     assert len({g["lr"] for g in groups}) == 8
     assert groups[0]["lr"] == pytest.approx(LR * DECAY**7)
     table = lr_table(groups)
-    assert "embeddings.word_embeddings.weight" in table and len(table.splitlines()) == len(groups) + 1
+    assert (
+        "embeddings.word_embeddings.weight" in table and len(table.splitlines()) == len(groups) + 1
+    )
 
 
 def test_frozen_parameters_are_left_out():
@@ -136,8 +145,9 @@ def test_norm_detected_by_module_type_not_name():
 
 def test_depth_fn_override():
     model = transformers.BertModel(transformers.BertConfig(**SMALL))
-    groups = layer_decay_groups(model, lr=LR, decay=0.5,
-                                depth_fn=lambda n: 0 if n.startswith("embeddings.") else 1)
+    groups = layer_decay_groups(
+        model, lr=LR, decay=0.5, depth_fn=lambda n: 0 if n.startswith("embeddings.") else 1
+    )
     lrs = {n: g["lr"] for g in groups for n in g["param_names"]}
     assert lrs["embeddings.word_embeddings.weight"] == pytest.approx(LR * 0.5)
     assert lrs["encoder.layer.0.attention.self.query.weight"] == pytest.approx(LR)
@@ -145,11 +155,19 @@ def test_depth_fn_override():
 
 
 def test_undiscoverable_model_lists_unassigned_parameters():
-    with pytest.raises(ValueError, match=r"could not find the layer list.*'embed\.weight'.*'head\.bias'"):
+    with pytest.raises(
+        ValueError, match=r"could not find the layer list.*'embed\.weight'.*'head\.bias'"
+    ):
         layer_decay_groups(TinyTextClassifier(), lr=LR, decay=DECAY)
-    with pytest.raises(ValueError, match=r"None for 2 parameters: \['head\.weight', 'head\.bias'\]"):
-        layer_decay_groups(TinyTextClassifier(), lr=LR, decay=DECAY,
-                           depth_fn=lambda n: None if n.startswith("head") else 0)
+    with pytest.raises(
+        ValueError, match=r"None for 2 parameters: \['head\.weight', 'head\.bias'\]"
+    ):
+        layer_decay_groups(
+            TinyTextClassifier(),
+            lr=LR,
+            decay=DECAY,
+            depth_fn=lambda n: None if n.startswith("head") else 0,
+        )
     with pytest.raises(ValueError, match="integers >= 0"):
         layer_decay_groups(TinyTextClassifier(), lr=LR, decay=DECAY, depth_fn=lambda n: -1)
 

@@ -128,7 +128,9 @@ def test_state_dict_round_trip_is_bit_exact():
     for i in range(4):
         tricks_b.step(model_b, opt_b, make_batch(seed=i), loss_fn)
     buf = io.BytesIO()
-    torch.save({"m": model_b.state_dict(), "o": opt_b.state_dict(), "t": tricks_b.state_dict()}, buf)
+    torch.save(
+        {"m": model_b.state_dict(), "o": opt_b.state_dict(), "t": tricks_b.state_dict()}, buf
+    )
     buf.seek(0)
     saved = torch.load(buf, weights_only=False)
     model_c, opt_c, swa_c, tricks_c = make(7)

@@ -149,12 +149,8 @@ class EMA(Trick):
         self._params = [p for _, p in named]
         self._buffers = [b for _, b in self.model.named_buffers()]
         with torch.no_grad():
-            self.shadow = {
-                n: p.detach().to(dtype=_shadow_dtype(p), copy=True) for n, p in named
-            }
-            self.shadow_buffers = {
-                n: b.detach().clone() for n, b in self.model.named_buffers()
-            }
+            self.shadow = {n: p.detach().to(dtype=_shadow_dtype(p), copy=True) for n, p in named}
+            self.shadow_buffers = {n: b.detach().clone() for n, b in self.model.named_buffers()}
         self._backup: list[torch.Tensor] | None = None
         self._groups: _Groups = []
         self._layout: list[tuple] = []
@@ -200,9 +196,7 @@ class EMA(Trick):
             raise RuntimeError("the averaged weights are already applied; call restore() first")
         live = self._params + self._buffers
         self._backup = [t.detach().clone() for t in live]
-        torch._foreach_copy_(
-            live, list(self.shadow.values()) + list(self.shadow_buffers.values())
-        )
+        torch._foreach_copy_(live, list(self.shadow.values()) + list(self.shadow_buffers.values()))
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -237,7 +231,10 @@ class EMA(Trick):
         for key, mine in (("shadow", self.shadow), ("buffers", self.shadow_buffers)):
             theirs = state_dict[key]
             if theirs.keys() != mine.keys():
-                missing, extra = sorted(mine.keys() - theirs.keys()), sorted(theirs.keys() - mine.keys())
+                missing, extra = (
+                    sorted(mine.keys() - theirs.keys()),
+                    sorted(theirs.keys() - mine.keys()),
+                )
                 raise ValueError(
                     f"EMA state_dict does not fit this model: {key} missing {missing}, "
                     f"unexpected {extra}"
@@ -253,4 +250,3 @@ class EMA(Trick):
 
     def __repr__(self) -> str:
         return f"EMA(decay={self.decay}, warmup={self.warmup}, every={self.every})"
-

@@ -92,7 +92,11 @@ def _acc_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def _name(ckpt: Checkpoint, i: int) -> str:
-    return f"checkpoint {i} ({os.fspath(ckpt)})" if isinstance(ckpt, str | os.PathLike) else f"checkpoint {i}"
+    return (
+        f"checkpoint {i} ({os.fspath(ckpt)})"
+        if isinstance(ckpt, str | os.PathLike)
+        else f"checkpoint {i}"
+    )
 
 
 def average_checkpoints(checkpoints: Iterable[Checkpoint]) -> dict[str, torch.Tensor]:
@@ -170,7 +174,9 @@ def greedy_soup(
         raise ValueError(f"got {len(scores)} scores for {len(checkpoints)} checkpoints")
     order = sorted(range(len(checkpoints)), key=lambda i: -scores[i])
     best = order[0]
-    acc = _Sum(_load(checkpoints[best], _name(checkpoints[best], best)), _name(checkpoints[best], best))
+    acc = _Sum(
+        _load(checkpoints[best], _name(checkpoints[best], best)), _name(checkpoints[best], best)
+    )
     kept, score = [best], float(scores[best])
     for i in order[1:]:
         sd = _load(checkpoints[i], _name(checkpoints[i], i))

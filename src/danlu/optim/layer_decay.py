@@ -159,8 +159,14 @@ def layer_decay_groups(
         depths = {n: depth_fn(n) for n in names}
         unassigned = [n for n, d in depths.items() if d is None]
         if unassigned:
-            raise ValueError(f"depth_fn returned None for {len(unassigned)} parameters: {unassigned}")
-        bad = {n: d for n, d in depths.items() if isinstance(d, bool) or not isinstance(d, int) or d < 0}
+            raise ValueError(
+                f"depth_fn returned None for {len(unassigned)} parameters: {unassigned}"
+            )
+        bad = {
+            n: d
+            for n, d in depths.items()
+            if isinstance(d, bool) or not isinstance(d, int) or d < 0
+        }
         if bad:
             raise ValueError(f"depth_fn must return integers >= 0, got {bad}")
         top = max(depths.values())

@@ -167,5 +167,9 @@ class SWA(Trick):
         self.scheduler.load_state_dict(state_dict["scheduler"])
 
     def __repr__(self) -> str:
-        start = f"start_epoch={self.start_epoch}" if self.start_epoch else f"start_step={self.start_step}"
+        start = (
+            f"start_epoch={self.start_epoch}"
+            if self.start_epoch
+            else f"start_step={self.start_step}"
+        )
         return f"SWA({start}, swa_lr={self.swa_lr}, anneal={self.anneal})"
