@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from danlu.nn import DropPath, drop_path
+from danlu.nn import DropPath, add_drop_path, drop_path
 
 
 def test_mask_is_per_sample_and_scaled():
@@ -75,3 +75,44 @@ def test_p_out_of_range_raises(p):
         drop_path(torch.ones(2, 2), p)
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
         DropPath(p)
+
+
+def _tiny_bert(layers=3):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    return transformers.BertModel(cfg)
+
+
+def test_add_drop_path_to_hf_bert():
+    import copy
+
+    model = _tiny_bert()
+    plain = copy.deepcopy(model)
+    assert add_drop_path(model, 0.2) == pytest.approx([0.0, 0.1, 0.2])
+    rates = [m.p for m in model.modules() if isinstance(m, DropPath)]
+    assert rates == pytest.approx([0.0, 0.0, 0.1, 0.1, 0.2, 0.2])  # attention + FFN per layer
+    ids = torch.randint(1, 40, (4, 6))
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model(ids).last_hidden_state, plain(ids).last_hidden_state)
+    with pytest.raises(ValueError, match="called twice"):
+        add_drop_path(model, 0.2)
+    with pytest.raises(ValueError, match="no BERT-style encoder"):
+        add_drop_path(nn.Linear(2, 2), 0.1)
+
+
+def test_add_drop_path_drops_whole_branches_in_training():
+    model = _tiny_bert(layers=2)
+    add_drop_path(model, 0.999999, linear=False)  # every branch dropped (for this seed)
+    model.train()
+    ids = torch.randint(1, 40, (4, 6))
+    torch.manual_seed(1)
+    out = model(ids).last_hidden_state
+    # with both branches dropped, each layer is LayerNorm_ffn(LayerNorm_attn(h))
+    h = model.embeddings(input_ids=ids)
+    for layer in model.encoder.layer:
+        h = layer.output.LayerNorm(layer.attention.output.LayerNorm(h))
+    torch.testing.assert_close(out, h)

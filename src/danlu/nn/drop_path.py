@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["drop_path", "DropPath"]
+__all__ = ["drop_path", "DropPath", "add_drop_path"]
 
 
 def _check_p(p: float) -> float:
@@ -68,3 +68,48 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def _bert_layers(model: nn.Module) -> nn.ModuleList:
+    for name, module in model.named_modules():
+        layers = getattr(module, "layer", None)
+        if name.split(".")[-1] == "encoder" and isinstance(layers, nn.ModuleList) and all(
+            hasattr(layer, "attention") and hasattr(layer.attention, "output")
+            and hasattr(layer.attention.output, "dropout") and hasattr(layer, "output")
+            and hasattr(layer.output, "dropout")
+            for layer in layers
+        ):
+            return layers
+    raise ValueError(
+        f"{type(model).__name__} has no BERT-style encoder (an `encoder.layer` list whose "
+        "layers have `attention.output.dropout` and `output.dropout`); wrap your own "
+        "residual branches with DropPath instead"
+    )
+
+
+def add_drop_path(model: nn.Module, p: float, linear: bool = True) -> list[float]:
+    """Insert :class:`DropPath` into both residual branches (attention and feed-forward) of
+    every layer of a BERT-style encoder (HF BERT, RoBERTa, ELECTRA, MiniLM, ...), right after
+    the branch's dropout and before ``LayerNorm(branch + input)``.
+
+    Args:
+        model: the HF model (or any module holding an ``encoder.layer`` list of such layers).
+        p: drop probability of the last layer, in [0, 1).
+        linear: rates rise linearly from 0 (first layer) to ``p`` (last), the stochastic
+            depth paper's rule; ``False`` uses ``p`` everywhere.
+
+    Returns:
+        the rate of each layer.
+
+    Example:
+        >>> rates = add_drop_path(bert_model, 0.1)   # [0.0, 0.02, ..., 0.1] for 6 layers
+    """
+    p = _check_p(p)
+    layers = _bert_layers(model)
+    if any(isinstance(m, DropPath) for m in layers.modules()):
+        raise ValueError("the encoder already has DropPath modules: add_drop_path was called twice")
+    rates = [p * i / max(1, len(layers) - 1) if linear else p for i in range(len(layers))]
+    for layer, rate in zip(layers, rates):
+        for branch in (layer.attention.output, layer.output):
+            branch.dropout = nn.Sequential(branch.dropout, DropPath(rate))
+    return rates
