@@ -85,7 +85,8 @@ def augment(
         seed: base seed; example ``i`` uses :func:`example_rng` ``(seed, i)``.
         workers: processes (>= 1). Worth it from a few thousand texts; results do not depend
             on it. The augmenter runs once on ``texts[0]`` first, so that lazily loaded data
-            (jieba, synonym tables) is shared by forked workers, then goes to each worker once.
+            (jieba, synonym tables) is shared by forked workers, then goes to each worker once
+            (under the ``spawn`` start method it must be picklable: no lambda sources).
         progress: tqdm progress bar when tqdm is installed.
         chunk_size: texts per task sent to a worker.
 
