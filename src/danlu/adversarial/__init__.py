@@ -5,6 +5,7 @@ Every class is a drop-in object for a hand-written loop and a :class:`danlu.Tric
 """
 
 from danlu.adversarial._embeddings import find_embedding
+from danlu.adversarial.attention_noise import AttentionNoise, attention_modules
 from danlu.adversarial.awp import AWP, awp_select
 from danlu.adversarial.fgm import FGM, fgm_delta, grad_rows
 from danlu.adversarial.freelb import FreeLB, freelb_ascent, freelb_init
@@ -22,4 +23,6 @@ __all__ = [
     "freelb_ascent",
     "AWP",
     "awp_select",
+    "AttentionNoise",
+    "attention_modules",
 ]
