@@ -29,9 +29,9 @@ from danlu.data.augment import augment
 from danlu.data.eda import EDA, EN_STOP_WORDS, ZH_STOP_WORDS
 from danlu.data.synonyms import (
     WordNetSource,
-    _load_synonym_file,
     cilin,
     package_data_path,
+    parse_synonym_lines,
     prepare_wordnet,
 )
 
@@ -211,7 +211,7 @@ def bench_english(texts: list[str], nlpaug_word) -> str:
 
 def bench_chinese(texts: list[str], nlpaug_word) -> str:
     jieba = jieba_module()
-    cilin_table = _load_synonym_file(cilin().path, False)
+    cilin_table = parse_synonym_lines(Path(cilin().path).read_text("utf-8").splitlines())
     paper = PaperEDA(
         lambda w: cilin_table.get(w, []), ZH_STOP_WORDS, str.strip, jieba.lcut, "".join
     )
