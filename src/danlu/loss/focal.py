@@ -139,7 +139,8 @@ def _softmax_focal(logits, target, gamma, alpha, ignore_index, reduction, label_
     ce = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
     loss = _focal(ce, gamma)
     if a is not None:
-        loss = loss * a[target.clamp_min(0) if ignore_index < 0 else torch.where(keep, target, 0)]
+        safe = target.clamp_min(0) if ignore_index < 0 else torch.where(keep, target, 0)
+        loss = loss * torch.take(a, safe)  # alpha_t; ignored entries have loss 0 anyway
     if label_smoothing > 0:
         terms = _focal(-F.log_softmax(logits, dim=1), gamma)
         if a is not None:
