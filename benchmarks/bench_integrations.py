@@ -1,0 +1,77 @@
+"""Overhead of DanluTrainer's training_step against transformers' own and against the custom
+loop, on a MiniLM-shaped BERT (8 x 64 tokens, SGD so the optimizer step is cheap).
+
+Each variant is one full micro-batch step: training_step (forward, backward, tricks) then
+optimizer.step() and zero_grad(); timed round-robin in one run.
+
+    python benchmarks/bench_integrations.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import compare, minilm_shaped_classifier, report, set_threads, text_batch  # noqa: E402
+
+
+def main() -> None:
+    set_threads(2)
+    import torch
+    from transformers import Trainer, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    import danlu
+    from danlu.adversarial import FGM
+    from danlu.integrations.transformers import DanluTrainer
+
+    hf_logging.set_verbosity_error()
+    batch = text_batch(n=8, seq=64)
+    out_dir = tempfile.mkdtemp(prefix="danlu_bench_")
+    args = TrainingArguments(
+        output_dir=out_dir, report_to=[], use_cpu=True, save_strategy="no", optim="sgd",
+        learning_rate=1e-3, max_grad_norm=0.0, disable_tqdm=True,
+    )
+
+    def trainer_step(cls, extra=lambda model: {}):
+        model = minilm_shaped_classifier()
+        trainer = cls(model=model, args=args, **extra(model))
+        trainer.create_optimizer()
+        trainer.current_gradient_accumulation_steps = 1
+
+        def step():
+            trainer.training_step(model, dict(batch))
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    def loop_step(with_fgm: bool):
+        model = minilm_shaped_classifier()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        tricks = danlu.Tricks([FGM(model)] if with_fgm else [])
+
+        def loss_fn(m, b):
+            out = m(**b)
+            return out.loss, out.logits
+
+        return lambda: tricks.step(model, opt, batch, loss_fn)
+
+    plain = {
+        "Trainer.training_step (transformers)": trainer_step(Trainer),
+        "DanluTrainer, no tricks": trainer_step(DanluTrainer),
+        "custom loop, danlu.Tricks([])": loop_step(False),
+    }
+    report("One step, no tricks (MiniLM-shaped, 8x64, SGD)", compare(plain, repeat=5))
+    fgm = {
+        "DanluTrainer + FGM": trainer_step(DanluTrainer, lambda m: {"tricks": [FGM(m)]}),
+        "custom loop + FGM": loop_step(True),
+        "DanluTrainer, no tricks": plain["DanluTrainer, no tricks"],
+    }
+    report("One step with FGM", compare(fgm, repeat=5))
+
+
+if __name__ == "__main__":
+    main()
