@@ -20,6 +20,7 @@ transformers = pytest.importorskip(
 )
 pytest.importorskip("accelerate", reason="accelerate is not installed (extra 'hf')")
 from danlu.integrations.transformers import (  # noqa: E402
+    TRICKS_FILE,
     DanluTrainer,
     TricksCallback,
     averaged_weights,
@@ -225,3 +226,26 @@ def test_rdrop_with_pgd_or_awp_and_accumulation_match_custom_loop(tmp_path, atta
     for b in chunks(batch, 4):
         runner.step(ref, opt, b, hf_loss)
     assert_params_close(model, ref, atol=1e-6)
+
+
+def test_load_best_model_at_end_restores_that_checkpoints_ema(tmp_path):
+    batch = make_batch(n=12, seq=6, vocab=50, n_classes=3, seed=8)
+    dev = make_batch(n=6, seq=6, vocab=50, n_classes=3, seed=9)
+    model = tiny_bert()
+    ema = EMA(model, decay=0.5)
+    trainer = DanluTrainer(
+        model=model,
+        args=args(tmp_path, per_device_train_batch_size=4, max_steps=3, learning_rate=3.0,
+                  eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                  load_best_model_at_end=True, metric_for_best_model="loss"),
+        train_dataset=rows(batch), eval_dataset=rows(dev), tricks=[ema], average=ema,
+    )
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert not best.endswith("checkpoint-3"), "the test needs a best checkpoint before the end"
+    saved = torch.load(f"{best}/{TRICKS_FILE}", weights_only=True)["tricks"][0][1]
+    assert ema.step == saved["step"]
+    for name, shadow in ema.shadow.items():
+        assert torch.equal(shadow, saved["shadow"][name])
+    with torch.no_grad(), ema.averaged():
+        assert abs(model(**dev).loss.item() - trainer.state.best_metric) < 1e-5

@@ -20,8 +20,9 @@ Which Trainer hooks are used, and why:
   ``on_epoch_end``. Alone, the callback serves a plain ``Trainer`` for step-level tricks.
 - ``create_optimizer`` when ``param_groups=`` is given (layer-wise lr decay);
   ``evaluate`` / ``predict`` / ``save_model`` when ``average=`` is given (EMA / SWA weights);
-  ``_save_checkpoint`` / ``_load_from_checkpoint`` keep the tricks' state in
-  ``danlu_tricks.pt`` beside each checkpoint, so ``resume_from_checkpoint`` continues EMA.
+  ``_save_checkpoint`` / ``_load_from_checkpoint`` / ``_load_best_model`` keep the tricks'
+  state in ``danlu_tricks.pt`` beside each checkpoint, so ``resume_from_checkpoint``
+  continues the EMA and ``load_best_model_at_end`` brings back the best checkpoint's EMA.
 
 Loss scaling. The chain sees per-micro-batch *mean* losses (danlu's convention, so R-Drop
 and the loss swaps compose); ``Trainer.compute_loss`` is therefore called without
@@ -309,6 +310,13 @@ class TricksMixin:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, TRICKS_FILE)
         if os.path.isfile(path):
+            self.tricks.load_state_dict(torch.load(path, weights_only=True))
+
+
+    def _load_best_model(self) -> None:
+        super()._load_best_model()
+        path = os.path.join(self.state.best_model_checkpoint, TRICKS_FILE)
+        if os.path.isfile(path):  # the EMA / SWA that was evaluated with the best weights
             self.tricks.load_state_dict(torch.load(path, weights_only=True))
 
 
