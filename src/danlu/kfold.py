@@ -105,7 +105,9 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def ensemble(fold_outputs: Sequence[Any] | np.ndarray, method: Method = "mean_logits") -> np.ndarray:
+def ensemble(
+    fold_outputs: Sequence[Any] | np.ndarray, method: Method = "mean_logits"
+) -> np.ndarray:
     """Combine per-fold logits of the same examples into one ``(n, n_classes)`` score array.
 
     Args:

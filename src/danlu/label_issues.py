@@ -70,7 +70,8 @@ def _check(labels: Any, pred_probs: Any) -> tuple[np.ndarray, np.ndarray]:
             f"{p.shape[0]} rows"
         )
     n_classes = p.shape[1]
-    if not np.issubdtype(y.dtype, np.integer) or y.min(initial=0) < 0 or y.max(initial=0) >= n_classes:
+    integer = np.issubdtype(y.dtype, np.integer)
+    if not integer or y.min(initial=0) < 0 or y.max(initial=0) >= n_classes:
         raise ValueError(
             f"labels must be integers in [0, {n_classes - 1}] (class indices of pred_probs' "
             f"columns), got values {np.unique(y)[:10]}"
