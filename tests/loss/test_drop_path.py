@@ -14,7 +14,9 @@ def test_mask_is_per_sample_and_scaled():
     y = drop_path(x, 0.4, generator=torch.Generator().manual_seed(0))
     ratio = y / x
     for row in ratio:  # a whole example is either dropped or scaled by 1/(1-p)
-        assert torch.allclose(row, torch.zeros_like(row)) or torch.allclose(row, torch.full_like(row, 1 / 0.6))
+        assert torch.allclose(row, torch.zeros_like(row)) or torch.allclose(
+            row, torch.full_like(row, 1 / 0.6)
+        )
     dropped = (ratio.flatten(1) == 0).all(1)
     assert 0 < int(dropped.sum()) < 64
 
@@ -80,8 +82,13 @@ def test_p_out_of_range_raises(p):
 def _tiny_bert(layers=3):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.BertConfig(
-        vocab_size=40, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     torch.manual_seed(0)
     return transformers.BertModel(cfg)

@@ -21,7 +21,11 @@ def plain_softmax_focal(logits, target, gamma, alpha=None, eps=0.0, ignore_index
     x, t = x[keep], target[keep]
     p = torch.softmax(x, dim=1)
     q = (1 - eps) * F.one_hot(t, n_classes).double() + eps / n_classes
-    a = torch.ones(n_classes, dtype=torch.float64) if alpha is None else torch.tensor(alpha).double()
+    a = (
+        torch.ones(n_classes, dtype=torch.float64)
+        if alpha is None
+        else torch.tensor(alpha).double()
+    )
     return (a * q * (1 - p) ** gamma * -torch.log(p)).sum(1).mean()
 
 
@@ -85,7 +89,9 @@ def test_tiny_gamma_approaches_cross_entropy():
 # ------------------------------------------------------------------ hand-computed values
 def test_hand_computed_softmax_values():
     # two equal logits: p_t = 0.5, gamma 2: (1 - 0.5)^2 * ln 2 = 0.25 * 0.693147 = 0.1732868
-    assert focal_loss(torch.zeros(1, 2), torch.tensor([0])).item() == pytest.approx(0.1732868, abs=1e-6)
+    assert focal_loss(torch.zeros(1, 2), torch.tensor([0])).item() == pytest.approx(
+        0.1732868, abs=1e-6
+    )
     # logits [ln 3, 0]: p = [0.75, 0.25]; alpha = [0.25, 0.75], gamma 2
     #   target 0: 0.25 * 0.25^2 * -ln 0.75 = 0.25 * 0.0625 * 0.2876821 = 0.0044950
     #   target 1: 0.75 * 0.75^2 * -ln 0.25 = 0.75 * 0.5625 * 1.3862944 = 0.5848430
@@ -127,7 +133,9 @@ def test_sum_and_none_and_spatial_logits_match_plain_formula():
     flat_x, flat_t = x.movedim(1, -1).reshape(-1, 4), t.reshape(-1)
     ref = plain_softmax_focal(flat_x, flat_t, 2.0)
     torch.testing.assert_close(focal_loss(x, t, 2.0).double(), ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(focal_loss(x, t, 2.0, reduction="sum").double(), ref * 14, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        focal_loss(x, t, 2.0, reduction="sum").double(), ref * 14, rtol=1e-5, atol=1e-6
+    )
     torch.testing.assert_close(per.sum(), focal_loss(x, t, 2.0, reduction="sum"))
 
 
@@ -155,7 +163,9 @@ def test_sigmoid_per_label_alpha_smoothing_and_ignore_match_plain_formula():
     t = torch.where(keep, y, 0.0) * (1 - eps) + eps / 2
     p = torch.sigmoid(x.double())
     a = alpha.double()
-    plain = a * t * (1 - p) ** gamma * -torch.log(p) + (1 - a) * (1 - t) * p**gamma * -torch.log(1 - p)
+    plain = a * t * (1 - p) ** gamma * -torch.log(p) + (1 - a) * (1 - t) * p**gamma * -torch.log(
+        1 - p
+    )
     ref = plain[keep].mean()
     ours = focal_loss(x, y, gamma, alpha, mode="sigmoid", label_smoothing=eps)
     torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-6)
@@ -210,7 +220,9 @@ def test_focal_loss_module_and_alpha_buffer():
     crit = FocalLoss(gamma=2.0, alpha=[1.0, 2.0, 3.0, 4.0, 5.0], reduction="sum")
     assert "alpha" in crit.state_dict()
     x, t = data()
-    torch.testing.assert_close(crit(x, t), focal_loss(x, t, 2.0, [1.0, 2.0, 3.0, 4.0, 5.0], reduction="sum"))
+    torch.testing.assert_close(
+        crit(x, t), focal_loss(x, t, 2.0, [1.0, 2.0, 3.0, 4.0, 5.0], reduction="sum")
+    )
     assert "gamma=2.0" in repr(crit)
     assert FocalLoss().alpha is None
 
@@ -248,13 +260,20 @@ def test_focal_trick_with_tuple_batch_and_target_fn():
         return F.cross_entropy(logits, b[1]), logits
 
     trick = Focal(2.0, target_fn=lambda b: b[1])
-    state = Tricks([trick]).step(model, torch.optim.SGD(model.parameters(), lr=0.0), (x, y), tuple_loss)
+    state = Tricks([trick]).step(
+        model, torch.optim.SGD(model.parameters(), lr=0.0), (x, y), tuple_loss
+    )
     torch.testing.assert_close(state.loss, focal_loss(model(x), y).detach())
     with pytest.raises(ValueError, match="cannot find the labels"):
-        Tricks([Focal()]).step(model, torch.optim.SGD(model.parameters(), lr=0.0), (x, y), tuple_loss)
+        Tricks([Focal()]).step(
+            model, torch.optim.SGD(model.parameters(), lr=0.0), (x, y), tuple_loss
+        )
     with pytest.raises(ValueError, match=r"return \(loss, logits\)"):
         Tricks([Focal(target_fn=lambda b: b[1])]).step(
-            model, torch.optim.SGD(model.parameters(), lr=0.0), (x, y), lambda m, b: tuple_loss(m, b)[0]
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.0),
+            (x, y),
+            lambda m, b: tuple_loss(m, b)[0],
         )
 
 

@@ -42,7 +42,9 @@ def test_temperature_ce_matches_plain_formula(temperature):
     x, t = torch.randn(12, 4, generator=g) * 3, torch.randint(0, 4, (12,), generator=g)
     t[0] = -100
     ref = plain_smoothed_ce(x, t, 0.0, temperature)
-    torch.testing.assert_close(temperature_cross_entropy(x, t, temperature).double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        temperature_cross_entropy(x, t, temperature).double(), ref, rtol=1e-5, atol=1e-6
+    )
     state, logits, batch = _step(TemperatureCE(temperature, label_smoothing=0.1))
     expected = plain_smoothed_ce(logits, batch["labels"], 0.1, temperature)
     torch.testing.assert_close(state.loss.double(), expected, rtol=1e-5, atol=1e-6)
@@ -86,7 +88,9 @@ def test_target_fn_and_missing_labels():
         return F.cross_entropy(logits, b[1]), logits
 
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    state = Tricks([TemperatureCE(2.0, target_fn=lambda b: b[1])]).step(model, opt, (x, y), tuple_loss)
+    state = Tricks([TemperatureCE(2.0, target_fn=lambda b: b[1])]).step(
+        model, opt, (x, y), tuple_loss
+    )
     torch.testing.assert_close(state.loss, F.cross_entropy(model(x) / 2.0, y).detach())
     with pytest.raises(ValueError, match="no key 'labels'"):
         Tricks([LabelSmoothing(0.1)]).step(model, opt, (x, y), tuple_loss)

@@ -51,7 +51,10 @@ def row_loss_fn(model, batch):
 def row_batch(b=8, t=None, seed=0):
     g = torch.Generator().manual_seed(seed)
     shape = (b,) if t is None else (b, t)
-    return {"x": torch.randn(*shape, 6, generator=g), "labels": torch.randint(0, 3, shape, generator=g)}
+    return {
+        "x": torch.randn(*shape, 6, generator=g),
+        "labels": torch.randint(0, 3, shape, generator=g),
+    }
 
 
 # ------------------------------------------------------------------ the KL and the loss
@@ -85,8 +88,12 @@ def test_rdrop_loss_is_mean_ce_plus_alpha_kl():
     g = torch.Generator().manual_seed(2)
     l1, l2 = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
     t = torch.randint(0, 4, (6,), generator=g)
-    expected = 0.5 * (F.cross_entropy(l1, t) + F.cross_entropy(l2, t)) + 3.0 * plain_sym_kl(l1, l2).mean()
-    torch.testing.assert_close(rdrop_loss(l1, l2, t, alpha=3.0).double(), expected.double(), rtol=1e-5, atol=1e-6)
+    expected = (
+        0.5 * (F.cross_entropy(l1, t) + F.cross_entropy(l2, t)) + 3.0 * plain_sym_kl(l1, l2).mean()
+    )
+    torch.testing.assert_close(
+        rdrop_loss(l1, l2, t, alpha=3.0).double(), expected.double(), rtol=1e-5, atol=1e-6
+    )
     ce_only = rdrop_loss(l1, l2, t, alpha=0.0)
     torch.testing.assert_close(ce_only, 0.5 * (F.cross_entropy(l1, t) + F.cross_entropy(l2, t)))
 
@@ -100,7 +107,9 @@ def test_padding_mask_ignores_pads_in_kl_and_ce():
     mask[2, 1:] = 0
     real = mask.bool()
     kl = symmetric_kl(l1, l2, mask)
-    torch.testing.assert_close(kl.double(), plain_sym_kl(l1[real], l2[real]).mean(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        kl.double(), plain_sym_kl(l1[real], l2[real]).mean(), rtol=1e-5, atol=1e-7
+    )
     loss = rdrop_loss(l1, l2, t, 2.0, mask=mask)
     expected = (
         0.5 * (F.cross_entropy(l1[real], t[real]) + F.cross_entropy(l2[real], t[real]))
@@ -138,9 +147,13 @@ def test_two_pass_and_duplicate_give_the_same_loss_and_grads(token_level):
     l1, l2 = c(batch["x"]), c(batch["x"])
     kl = plain_sym_kl(l1.detach(), l2.detach()).mean()
     assert kl > 1e-3  # the two passes really differ
-    ce = 0.5 * (row_loss_fn(nn.Identity(), {"x": l1, "labels": batch["labels"]})[0]
-                + row_loss_fn(nn.Identity(), {"x": l2, "labels": batch["labels"]})[0])
-    torch.testing.assert_close(sa.loss.double(), ce.detach().double() + 2.0 * kl, rtol=1e-5, atol=1e-6)
+    ce = 0.5 * (
+        row_loss_fn(nn.Identity(), {"x": l1, "labels": batch["labels"]})[0]
+        + row_loss_fn(nn.Identity(), {"x": l2, "labels": batch["labels"]})[0]
+    )
+    torch.testing.assert_close(
+        sa.loss.double(), ce.detach().double() + 2.0 * kl, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_rdrop_trick_with_padding_mask_key():
@@ -197,7 +210,9 @@ def test_rdrop_wraps_a_loss_swap():
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     state = Tricks([Focal(2.0), RDrop(1.0)]).step(model, opt, batch, row_loss_fn)
     l1, l2 = ref(batch["x"]), ref(batch["x"])
-    expected = 0.5 * (focal_loss(l1, batch["labels"]) + focal_loss(l2, batch["labels"])) + symmetric_kl(l1, l2)
+    expected = 0.5 * (
+        focal_loss(l1, batch["labels"]) + focal_loss(l2, batch["labels"])
+    ) + symmetric_kl(l1, l2)
     torch.testing.assert_close(state.loss, expected.detach())
 
 
@@ -298,7 +313,12 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="alpha .* >= 0"):
         RDrop(alpha=-1.0)
     with pytest.raises(ValueError, match="alpha"):
-        rdrop_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), alpha=float("inf"))
+        rdrop_loss(
+            torch.zeros(2, 3),
+            torch.zeros(2, 3),
+            torch.zeros(2, dtype=torch.long),
+            alpha=float("inf"),
+        )
     with pytest.raises(ValueError, match="mode must be"):
         RDrop(mode="twice")
     with pytest.raises(ValueError, match="same shape"):

@@ -16,9 +16,7 @@ from danlu.core import Order, State, Trick
 __all__ = ["batch_field", "LossSwap"]
 
 
-def batch_field(
-    batch: Any, key: str | None, fn: Callable[[Any], Any] | None, what: str
-) -> Any:
+def batch_field(batch: Any, key: str | None, fn: Callable[[Any], Any] | None, what: str) -> Any:
     """``fn(batch)`` when ``fn`` is given, else ``batch[key]`` of a dict batch."""
     if fn is not None:
         return fn(batch)

@@ -70,8 +70,10 @@ class _FocalTerm(torch.autograd.Function):
 
 
 def _check_gamma(gamma: float) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not (
-        math.isfinite(gamma) and gamma >= 0
+    if (
+        isinstance(gamma, bool)
+        or not isinstance(gamma, int | float)
+        or not (math.isfinite(gamma) and gamma >= 0)
     ):
         raise ValueError(
             f"gamma must be a finite number >= 0 (0 = cross-entropy, 2 is the paper's "
@@ -212,7 +214,10 @@ def focal_loss(
     if mode == "softmax":
         if gamma == 0 and alpha is None:
             return F.cross_entropy(
-                logits, target, ignore_index=ignore_index, reduction=reduction,
+                logits,
+                target,
+                ignore_index=ignore_index,
+                reduction=reduction,
                 label_smoothing=label_smoothing,
             )
         fn = _softmax_focal
@@ -251,8 +256,13 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return focal_loss(
-            logits, target, self.gamma, self.alpha, mode=self.mode,
-            ignore_index=self.ignore_index, reduction=self.reduction,
+            logits,
+            target,
+            self.gamma,
+            self.alpha,
+            mode=self.mode,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
             label_smoothing=self.label_smoothing,
         )
 

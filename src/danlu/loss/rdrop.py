@@ -24,8 +24,10 @@ __all__ = ["symmetric_kl", "rdrop_loss", "duplicate_batch", "RDrop"]
 
 
 def _check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not (
-        math.isfinite(alpha) and alpha >= 0
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, int | float)
+        or not (math.isfinite(alpha) and alpha >= 0)
     ):
         raise ValueError(
             f"alpha (the weight of the KL term) must be a finite number >= 0, got {alpha!r}; "

@@ -22,8 +22,10 @@ __all__ = ["temperature_cross_entropy", "LabelSmoothing", "TemperatureCE"]
 
 
 def _check_temperature(temperature: float) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not (
-        math.isfinite(temperature) and temperature > 0
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not (math.isfinite(temperature) and temperature > 0)
     ):
         raise ValueError(
             f"temperature must be a finite number > 0 (1 = plain cross-entropy), got "
@@ -83,8 +85,10 @@ class LabelSmoothing(LossSwap):
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
-            logits, target,
-            ignore_index=self.ignore_index, label_smoothing=self.eps,
+            logits,
+            target,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.eps,
         )
 
     def __repr__(self) -> str:
@@ -114,14 +118,19 @@ class TemperatureCE(LossSwap):
     ) -> None:
         super().__init__(target_key, target_fn)
         self.temperature = _check_temperature(temperature)
-        self.label_smoothing, self.ignore_index = _check_eps(label_smoothing, "label_smoothing"), ignore_index
+        self.label_smoothing, self.ignore_index = (
+            _check_eps(label_smoothing, "label_smoothing"),
+            ignore_index,
+        )
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return temperature_cross_entropy(
-            logits, target, self.temperature,
-            ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+            logits,
+            target,
+            self.temperature,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
         )
 
     def __repr__(self) -> str:
         return f"TemperatureCE(temperature={self.temperature})"
-

@@ -73,11 +73,17 @@ class DropPath(nn.Module):
 def _bert_layers(model: nn.Module) -> nn.ModuleList:
     for name, module in model.named_modules():
         layers = getattr(module, "layer", None)
-        if name.split(".")[-1] == "encoder" and isinstance(layers, nn.ModuleList) and all(
-            hasattr(layer, "attention") and hasattr(layer.attention, "output")
-            and hasattr(layer.attention.output, "dropout") and hasattr(layer, "output")
-            and hasattr(layer.output, "dropout")
-            for layer in layers
+        if (
+            name.split(".")[-1] == "encoder"
+            and isinstance(layers, nn.ModuleList)
+            and all(
+                hasattr(layer, "attention")
+                and hasattr(layer.attention, "output")
+                and hasattr(layer.attention.output, "dropout")
+                and hasattr(layer, "output")
+                and hasattr(layer.output, "dropout")
+                for layer in layers
+            )
         ):
             return layers
     raise ValueError(
