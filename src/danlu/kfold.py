@@ -112,14 +112,15 @@ def ensemble(
 
     Args:
         fold_outputs: logits (or log-probabilities) of shape ``(n_folds, n, n_classes)``.
-        method: ``"mean_logits"`` — the mean of the logits (a geometric mean of the
-            probabilities; returns logits); ``"mean_probs"`` — the mean of the softmax
-            probabilities (returns probabilities); ``"rank"`` — per class, each fold's
+        method: ``"mean_logits"`` — the mean of the logits (returns logits; their softmax
+            is the normalised geometric mean of the folds' probabilities); ``"mean_probs"``
+            — the mean of the softmax probabilities (returns probabilities); ``"rank"`` — per class, each fold's
             probabilities are ranked over the ``n`` examples, ranks divided by ``n``
             (ties get their average rank) and averaged over folds (returns scores in
             (0, 1]; use it when a ranking metric such as AUC is scored and folds are
-            calibrated differently). ``argmax`` over the last axis predicts a class for all
-            three, though only the first two are probabilities after a softmax / as is.
+            calibrated differently). ``argmax(-1)`` predicts a class for all three;
+            ``softmax`` of the mean logits and the mean probabilities are probabilities,
+            rank scores are not.
 
     Example:
         >>> fold_logits = np.array([[[2.0, 0.0]], [[0.0, 1.0]]])   # 2 folds, 1 example
