@@ -99,6 +99,11 @@ def test_mean_logits_and_mean_probs():
     np.testing.assert_allclose(ensemble(z, "mean_logits"), z.sum(0) / z.shape[0], rtol=1e-12)
     manual = sum(np_softmax(z[f]) for f in range(z.shape[0])) / z.shape[0]
     np.testing.assert_allclose(ensemble(z, "mean_probs"), manual, rtol=1e-12)
+    # softmax of the mean logits = the normalised geometric mean of the folds' probabilities
+    geo = np.prod([np_softmax(z[f]) for f in range(z.shape[0])], axis=0) ** (1 / z.shape[0])
+    np.testing.assert_allclose(
+        np_softmax(ensemble(z, "mean_logits")), geo / geo.sum(-1, keepdims=True), rtol=1e-10
+    )
 
 
 def test_rank_average_without_ties_is_argsort_argsort():
@@ -224,3 +229,16 @@ def test_run_kfold_errors():
         run_kfold(Recorder(), y, 3, returns="scores")
     with pytest.raises(ValueError, match="non-finite"):
         run_kfold(lambda f, tr, va: (np.full((len(va), 3), np.nan), None), y, 3)
+
+
+def test_importing_the_workflow_modules_stays_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, danlu.kfold, danlu.label_issues, danlu.full_data\n"
+        "heavy = ['sklearn', 'cleanlab', 'scipy', 'pandas', 'matplotlib', 'transformers']\n"
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
