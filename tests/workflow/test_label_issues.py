@@ -146,3 +146,16 @@ def test_clean_dataset_errors():
         clean_dataset(TEXTS, [0, 1], [1])
     with pytest.raises(ValueError, match=r"in \[0, 3\]"):
         clean_dataset(TEXTS, [0, 1, 0, 1], [4])
+
+
+def test_without_cleanlab_auto_falls_back_and_explicit_request_names_the_extra(monkeypatch):
+    import sys
+
+    noisy, probs, flipped = planted_noise_oof_probs()
+    monkeypatch.setitem(sys.modules, "cleanlab", None)  # makes `import cleanlab` fail
+    monkeypatch.setitem(sys.modules, "cleanlab.filter", None)
+    issues = find_label_issues(noisy, probs)
+    assert issues.backend == "self_confidence"
+    assert len(set(issues.indices[:K].tolist()) & flipped) / N_FLIPS >= 0.8
+    with pytest.raises(ImportError, match=r"pip install 'danlu\[lab\]'"):
+        find_label_issues(noisy, probs, backend="cleanlab")
