@@ -171,3 +171,30 @@ def test_one_epoch_under_amp_and_accumulation(amp):
     assert summary.micro_batches == 6 and summary.steps == tricks.state.step == len(summary.lrs)
     assert summary.steps == 3 if amp == "bf16" else 1 <= summary.steps <= 3
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_tiny_hf_bert_with_two_lr_groups():
+    transformers = pytest.importorskip(
+        "transformers", reason="transformers (extra 'hf') is not installed"
+    )
+    cfg = transformers.BertConfig(
+        vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=16, num_labels=3,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(cfg)
+    head = [p for n, p in model.named_parameters() if n.startswith("classifier")]
+    body = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
+    opt = torch.optim.AdamW([{"params": body, "lr": 1e-4}, {"params": head, "lr": 4e-4}])
+    seen = count_steps(opt)
+    head_before = [p.detach().clone() for p in head]
+    batches = [make_batch(n=4, seq=6, vocab=60, seed=s) for s in range(5)]
+
+    def hf_loss(m, b):
+        out = m(**b)
+        return out.loss, out.logits
+
+    summary = full_data_epoch(model, opt, batches, hf_loss, lr=8e-5, warmup=0.0)
+    assert summary.steps == 5 and math.isfinite(summary.mean_loss)
+    assert seen[0] == pytest.approx([2e-5, 8e-5], rel=1e-12)  # peak group = 8e-5, ratio kept
+    assert all(not torch.equal(a, b) for a, b in zip(head_before, head))
