@@ -170,6 +170,8 @@ def main() -> None:
         return predict(model, encoded, train_idx[va]), predict(model, encoded, test_idx)
 
     res = run_kfold(train_fold, noisy, n_splits=cfg.folds, seed=args.seed, out_dir=args.out_dir)
+    if args.out_dir:
+        print(f"folds trained in this run: {res.computed} (the others loaded from {args.out_dir})")
     print(f"out-of-fold accuracy vs clean labels: {accuracy(res.oof_logits, clean[train_idx]):.3f}")
     for method in ("mean_logits", "mean_probs", "rank"):
         acc = accuracy(res.test_scores(method), clean[test_idx])

@@ -238,8 +238,9 @@ def run_kfold(
     numpy array or torch tensor of shape ``(n, n_classes)`` (``(n,)`` for one binary score).
 
     With ``out_dir``, each finished fold is written atomically to ``out_dir/fold_{k}.npz``;
-    a rerun (after a crash, or to add a fold) loads those folds instead of training them
-    again. A file saved for a different split raises an error instead of being mixed in.
+    a rerun (after a crash) loads those folds instead of training them again. A file saved
+    for a different split raises an error instead of being mixed in; the check covers the
+    split only, so use a new ``out_dir`` after changing the model or the test set.
 
     Args:
         train_fold: the per-fold training function (see above).
