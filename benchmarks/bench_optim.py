@@ -18,7 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from danlu.optim import EMA
 
 DECAY = 0.999
-ROUNDS = 80
+ROUNDS = 100
 
 
 def main() -> str:
@@ -49,8 +49,8 @@ def main() -> str:
         "Python loop mul_/add_": python_loop,
     }
     compare(variants, repeat=1, warmup=5)
-    # one interleaved call per variant per round; the minimum over rounds is the cost with
-    # the least interference from other processes on a shared machine, the median the typical
+    # one interleaved call per variant per round; as in timeit, the minimum over rounds is the
+    # cost with the least interference from other processes, the median the typical one
     rounds: dict[str, list[float]] = {n: [] for n in variants}
     for _ in range(ROUNDS):
         for n, t in compare(variants, repeat=1, warmup=0).items():
