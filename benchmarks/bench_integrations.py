@@ -1,5 +1,5 @@
 """Overhead of DanluTrainer's training_step against transformers' own and against the custom
-loop, on a MiniLM-shaped BERT (8 x 64 tokens, SGD so the optimizer step is cheap).
+loop, on a MiniLM-shaped BERT (8 x 32 tokens, SGD so the optimizer step is cheap).
 
 Each variant is one full micro-batch step: training_step (forward, backward, tricks) then
 optimizer.step() and zero_grad(); timed round-robin in one run.
@@ -28,7 +28,7 @@ def main() -> None:
     from danlu.integrations.transformers import DanluTrainer
 
     hf_logging.set_verbosity_error()
-    batch = text_batch(n=8, seq=64)
+    batch = text_batch(n=8, seq=32)
     out_dir = tempfile.mkdtemp(prefix="danlu_bench_")
     args = TrainingArguments(
         output_dir=out_dir, report_to=[], use_cpu=True, save_strategy="no", optim="sgd",
@@ -64,7 +64,7 @@ def main() -> None:
         "DanluTrainer, no tricks": trainer_step(DanluTrainer),
         "custom loop, danlu.Tricks([])": loop_step(False),
     }
-    report("One step, no tricks (MiniLM-shaped, 8x64, SGD)", compare(plain, repeat=5))
+    report("One step, no tricks (MiniLM-shaped, 8x32, SGD)", compare(plain, repeat=5))
     fgm = {
         "DanluTrainer + FGM": trainer_step(DanluTrainer, lambda m: {"tricks": [FGM(m)]}),
         "custom loop + FGM": loop_step(True),
