@@ -143,8 +143,13 @@ def main() -> None:
     args = parser.parse_args()
     smoke = args.smoke or bool(os.environ.get("CI")) or bool(os.environ.get("DANLU_SMOKE"))
     cfg = argparse.Namespace(
-        n_train=1200 if smoke else 8000, n_test=400 if smoke else 2000, folds=3 if smoke else 5,
-        epochs=6, batch_size=64, lr=0.3, noise=0.05,
+        n_train=1200 if smoke else 8000,
+        n_test=400 if smoke else 2000,
+        folds=3 if smoke else 5,
+        epochs=6,
+        batch_size=64,
+        lr=0.3,
+        noise=0.05,
     )
     torch.set_num_threads(1)  # the model is tiny: threads would only add overhead
     t0 = time.perf_counter()
@@ -158,8 +163,10 @@ def main() -> None:
     flips = rng.choice(cfg.n_train, size=int(cfg.noise * cfg.n_train), replace=False)
     noisy = clean[train_idx].copy()  # the training labels we are given, 5% of them wrong
     noisy[flips] = 1 - noisy[flips]
-    print(f"{'smoke' if smoke else 'full'} run: {cfg.n_train} train (planted {len(flips)} flips), "
-          f"{cfg.n_test} clean test examples, {cfg.folds} folds")
+    print(
+        f"{'smoke' if smoke else 'full'} run: {cfg.n_train} train (planted {len(flips)} flips), "
+        f"{cfg.n_test} clean test examples, {cfg.folds} folds"
+    )
 
     vocab = Vocab([texts[i] for i in train_idx])
     encoded = vocab.encode(texts)
@@ -182,11 +189,15 @@ def main() -> None:
     planted = set(flips.tolist())
     k = len(flips)
     hits = len(set(issues.indices[:k].tolist()) & planted)
-    print(f"\n{issues.backend} flagged {len(issues)} suspects; top k={k}: "
-          f"precision@k {hits / k:.2f}, recall@k {hits / len(planted):.2f}")
+    print(
+        f"\n{issues.backend} flagged {len(issues)} suspects; top k={k}: "
+        f"precision@k {hits / k:.2f}, recall@k {hits / len(planted):.2f}"
+    )
     hits2 = len(set(issues.indices[: 2 * k].tolist()) & planted)
-    print(f"planted flips found: {hits} of {len(planted)} (in the top {k}); "
-          f"{hits2} in the top {2 * k}\n")
+    print(
+        f"planted flips found: {hits} of {len(planted)} (in the top {k}); "
+        f"{hits2} in the top {2 * k}\n"
+    )
     shown = [("[planted] " if i in planted else "") + texts[i] for i in train_idx]
     print(issues_table(issues, shown, k=10, class_names=["neg", "pos"], width=40))
 
@@ -202,16 +213,20 @@ def main() -> None:
     model = train(encoded, labels_all, kept[:cut], len(vocab), cfg, seed)
     dev_acc = accuracy(predict(model, encoded, kept[cut:]), np.array(labels_all)[kept[cut:]])
     acc_clean = accuracy(predict(model, encoded, test_idx), clean[test_idx])
-    print(f"\ntest accuracy, one model on noisy train: {acc_noisy:.3f}; on cleaned train "
-          f"(-{len(train_idx) - len(kept)}, dev acc {dev_acc:.3f}): {acc_clean:.3f}")
+    print(
+        f"\ntest accuracy, one model on noisy train: {acc_noisy:.3f}; on cleaned train "
+        f"(-{len(train_idx) - len(kept)}, dev acc {dev_acc:.3f}): {acc_clean:.3f}"
+    )
 
     # 4. the final full-data epoch: train + dev at 0.2x the lr, warmup then linear decay
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loader = batches(encoded, labels_all, kept, cfg.batch_size, torch.Generator().manual_seed(1))
     summary = full_data_epoch(model, opt, loader, loss_fn, lr=0.2 * cfg.lr, warmup=0.1)
     acc_full = accuracy(predict(model, encoded, test_idx), clean[test_idx])
-    print(f"after one full-data epoch ({summary.steps} steps, peak lr {max(summary.lrs):.0e}): "
-          f"test accuracy {acc_full:.3f}")
+    print(
+        f"after one full-data epoch ({summary.steps} steps, peak lr {max(summary.lrs):.0e}): "
+        f"test accuracy {acc_full:.3f}"
+    )
     print(f"done in {time.perf_counter() - t0:.1f} s")
 
 

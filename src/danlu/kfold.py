@@ -291,7 +291,8 @@ def run_kfold(
             val_out, test_out = train_fold(k, train_idx.copy(), val_idx.copy())
             val_logits = _as_logits(val_out, returns, f"fold {k}'s validation output")
             test_logits = (
-                None if test_out is None
+                None
+                if test_out is None
                 else _as_logits(test_out, returns, f"fold {k}'s test output")
             )
             if len(val_logits) != len(val_idx):

@@ -67,14 +67,21 @@ def test_lr_schedule_by_hand():
     seen = count_steps(opt)
     peak, total, warm = 2e-3, 20, 5  # warmup=0.25 of 20 steps
     summary = full_data_epoch(model, opt, tensor_loader(40, 2), tuple_loss, lr=peak, warmup=0.25)
-    expected = [peak * s / warm if s < warm else peak * (1 - (s - warm) / (total - warm))
-                for s in range(total)]
+    expected = [
+        peak * s / warm if s < warm else peak * (1 - (s - warm) / (total - warm))
+        for s in range(total)
+    ]
     torch.testing.assert_close(summary.lrs, expected, rtol=1e-12, atol=0)
     torch.testing.assert_close([g[0] for g in seen], expected, rtol=1e-12, atol=0)
 
     cos = full_data_epoch(
-        TinyTextClassifier(), torch.optim.SGD(TinyTextClassifier().parameters(), lr=1.0),
-        tensor_loader(40, 4), tuple_loss, lr=1.0, warmup=0.0, schedule="cosine",
+        TinyTextClassifier(),
+        torch.optim.SGD(TinyTextClassifier().parameters(), lr=1.0),
+        tensor_loader(40, 4),
+        tuple_loss,
+        lr=1.0,
+        warmup=0.0,
+        schedule="cosine",
     )
     torch.testing.assert_close(cos.lrs, [0.5 * (1 + math.cos(math.pi * s / 10)) for s in range(10)])
 
@@ -82,8 +89,10 @@ def test_lr_schedule_by_hand():
 def test_groups_keep_ratios_and_stale_initial_lr_is_replaced():
     model = TinyTextClassifier()
     opt = torch.optim.AdamW(
-        [{"params": model.embed.parameters(), "lr": 5e-4},
-         {"params": list(model.hidden.parameters()) + list(model.head.parameters())}],
+        [
+            {"params": model.embed.parameters(), "lr": 5e-4},
+            {"params": list(model.hidden.parameters()) + list(model.head.parameters())},
+        ],
         lr=1e-3,
     )
     old = linear_warmup(opt, warmup_steps=0, total_steps=100)  # leaves initial_lr = 5e-4, 1e-3
@@ -101,8 +110,9 @@ def test_matches_a_hand_written_loop():
     model = TinyTextClassifier()
     ref = copy.deepcopy(model)
     loader = tensor_loader(30, 6)
-    full_data_epoch(model, torch.optim.SGD(model.parameters(), lr=1.0), loader, tuple_loss,
-                    lr=0.1, warmup=0.2)
+    full_data_epoch(
+        model, torch.optim.SGD(model.parameters(), lr=1.0), loader, tuple_loss, lr=0.1, warmup=0.2
+    )
     opt = torch.optim.SGD(ref.parameters(), lr=0.1)
     for s, (ids, y) in enumerate(loader):  # 5 steps, 1 warmup step: lrs 0, .1, .075, .05, .025
         opt.param_groups[0]["lr"] = 0.1 * (0.0 if s == 0 else 1 - (s - 1) / 4)
@@ -164,8 +174,14 @@ def test_one_epoch_under_amp_and_accumulation(amp):
     model = TinyTextClassifier()
     before = [p.detach().clone() for p in model.parameters()]
     tricks = danlu.Tricks(accumulate=2, amp=amp, max_grad_norm=1.0)
-    summary = full_data_epoch(model, torch.optim.AdamW(model.parameters(), lr=1e-3),
-                              tensor_loader(21, 4), tuple_loss, lr=1e-3, tricks=tricks)
+    summary = full_data_epoch(
+        model,
+        torch.optim.AdamW(model.parameters(), lr=1e-3),
+        tensor_loader(21, 4),
+        tuple_loss,
+        lr=1e-3,
+        tricks=tricks,
+    )
     # 6 micro-batches, 3 windows; a step the fp16 GradScaler skips is neither counted nor
     # given an lr (the schedule waits for a real step)
     assert summary.micro_batches == 6 and summary.steps == tricks.state.step == len(summary.lrs)
@@ -178,8 +194,13 @@ def test_tiny_hf_bert_with_two_lr_groups():
         "transformers", reason="transformers (extra 'hf') is not installed"
     )
     cfg = transformers.BertConfig(
-        vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=16, num_labels=3,
+        vocab_size=60,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=3,
     )
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(cfg)

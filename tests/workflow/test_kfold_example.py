@@ -21,7 +21,11 @@ def test_kfold_cleanlab_example_smoke():
     env = {**os.environ, "DANLU_SMOKE": "1"}
     proc = subprocess.run(
         [sys.executable, str(EXAMPLE), "--smoke"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=EXAMPLE.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=EXAMPLE.parent.parent,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout

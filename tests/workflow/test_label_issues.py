@@ -56,6 +56,7 @@ def test_auto_backend_picks_cleanlab_when_installed():
     noisy, probs, _ = planted_noise_oof_probs()
     try:
         import cleanlab  # noqa: F401
+
         expected = "cleanlab"
     except ImportError:
         expected = "self_confidence"
