@@ -119,6 +119,26 @@ def test_model_cast_after_construction_is_regrouped():
         assert ema.shadow[n].dtype == torch.float32
 
 
+def test_replaced_parameters_and_buffers_are_followed():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = EMA(model, decay=0.5)
+    model.to(torch.float64)  # BatchNorm buffers are replaced by new tensors
+    model.train()
+    model(torch.randn(8, 2, dtype=torch.float64))
+    ema.update()
+    assert torch.equal(ema.shadow_buffers["1.running_mean"], model[1].running_mean.float())
+    lin = nn.Linear(2, 2)
+    lin_ema = EMA(lin)
+    old_weight = lin.weight
+    lin.to("meta")  # a device change that replaces the Parameter objects
+    assert lin.weight is not old_weight
+    lin_ema.update()
+    assert lin_ema.shadow["weight"].device.type == "meta"  # the shadow followed the new params
+    model.append(nn.Linear(2, 2))
+    with pytest.raises(RuntimeError, match="create the EMA after changing the model"):
+        ema.update()
+
+
 def test_restore_is_bit_identical_also_after_an_exception():
     torch.manual_seed(0)
     model = TinyTextClassifier()

@@ -146,14 +146,23 @@ class EMA(Trick):
         self.warmup, self.every = bool(warmup), every
         self.step = 0
         self.num_updates = 0
-        self._params = [p for _, p in named]
-        self._buffers = [b for _, b in self.model.named_buffers()]
         with torch.no_grad():
             self.shadow = {n: p.detach().to(dtype=_shadow_dtype(p), copy=True) for n, p in named}
             self.shadow_buffers = {n: b.detach().clone() for n, b in self.model.named_buffers()}
         self._backup: list[torch.Tensor] | None = None
         self._groups: _Groups = []
         self._layout: list[tuple] = []
+
+    def _live(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        # re-read every time: model.to()/half() may replace Parameter objects and buffers
+        params, buffers = list(self.model.parameters()), list(self.model.buffers())
+        if len(params) != len(self.shadow) or len(buffers) != len(self.shadow_buffers):
+            raise RuntimeError(
+                f"the model now has {len(params)} parameters and {len(buffers)} buffers, the "
+                f"EMA was made for {len(self.shadow)} and {len(self.shadow_buffers)}: create "
+                "the EMA after changing the model"
+            )
+        return params, buffers
 
     # ------------------------------------------------------------------ averaging
     @torch.no_grad()
@@ -175,12 +184,16 @@ class EMA(Trick):
         self.step = self.step + 1 if step is None else int(step)
         if self.step % self.every:
             return False
-        layout = [(p.device, p.dtype) for p in self._params]
+        params, buffers = self._live()
+        layout = [(id(p), p.device, p.dtype) for p in params]
         if layout != self._layout:  # first update, or the model was moved / cast since
-            self._groups, self._layout = _group(list(self.shadow.values()), self._params), layout
+            for (name, s), p in zip(self.shadow.items(), params):
+                if s.device != p.device:
+                    self.shadow[name] = s.to(p.device)
+            self._groups, self._layout = _group(list(self.shadow.values()), params), layout
         _lerp_groups(self._groups, ema_decay(self.step, self.decay, self.warmup))
-        if self._buffers:
-            torch._foreach_copy_(list(self.shadow_buffers.values()), self._buffers)
+        if buffers:
+            torch._foreach_copy_(list(self.shadow_buffers.values()), buffers)
         self.num_updates += 1
         return True
 
@@ -194,7 +207,8 @@ class EMA(Trick):
         dtypes). Undo with :meth:`restore`."""
         if self._backup is not None:
             raise RuntimeError("the averaged weights are already applied; call restore() first")
-        live = self._params + self._buffers
+        params, buffers = self._live()
+        live = params + buffers
         self._backup = [t.detach().clone() for t in live]
         torch._foreach_copy_(live, list(self.shadow.values()) + list(self.shadow_buffers.values()))
 
@@ -204,7 +218,8 @@ class EMA(Trick):
         if self._backup is None:
             raise RuntimeError("restore() without apply_to(): there is nothing to restore")
         backup, self._backup = self._backup, None
-        torch._foreach_copy_(self._params + self._buffers, backup)
+        params, buffers = self._live()
+        torch._foreach_copy_(params + buffers, backup)
 
     @contextlib.contextmanager
     def averaged(self) -> Iterator[nn.Module]:
