@@ -302,3 +302,19 @@ def test_trick_state_saved_with_checkpoints_and_resumed(tmp_path):
     )
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
     assert fresh.seen == 2 and resumed.tricks.state.step == 2
+
+
+def test_fp16_on_cpu_runs_in_fp32_as_documented(tmp_path):
+    """accelerate makes neither a GradScaler nor an fp16 autocast on CPU (docs/integrations.md):
+    fp16=True trains exactly like fp32 there. If this fails, accelerate changed: update the docs."""
+    batch = make_batch(n=8, seq=6, vocab=50, n_classes=3)
+    model = tiny_bert()
+    ref = copy.deepcopy(model)
+    trainer = DanluTrainer(
+        model=model, args=args(tmp_path, fp16=True), train_dataset=dataset(batch),
+        tricks=[TextbookFGM(model)],
+    )
+    trainer.train()
+    assert trainer.accelerator.scaler is None
+    custom_loop(ref, [batch], [TextbookFGM(ref)])
+    assert_params_close(model, ref, atol=1e-6)
