@@ -1,6 +1,10 @@
-"""EMA update on a MiniLM-shaped BERT (22.7M params): danlu.optim.EMA vs
-torch.optim.swa_utils.AveragedModel + get_ema_multi_avg_fn vs a bare torch._foreach_lerp_
-floor (and a textbook per-parameter Python loop for scale).
+"""EMA update: danlu.optim.EMA vs torch.optim.swa_utils.AveragedModel + get_ema_multi_avg_fn
+vs a bare torch._foreach_lerp_ floor (and a textbook per-parameter Python loop for scale).
+
+Two models: the MiniLM-shaped BERT classifier (22.7M params: memory-bandwidth bound), and a
+BERT with the same structure (same number of parameter tensors and buffers) but hidden size 8,
+where the kernels cost almost nothing and the table shows each variant's fixed Python
+overhead per update.
 
 Run: .venv/bin/python benchmarks/bench_optim.py   (under a minute on a quiet machine)
 
@@ -13,6 +17,7 @@ import statistics
 
 import torch
 from _common import compare, minilm_shaped_classifier, report, set_threads
+from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from danlu.optim import EMA
@@ -21,12 +26,19 @@ DECAY = 0.999
 ROUNDS = 100
 
 
-def main() -> str:
-    set_threads(2)
-    model = minilm_shaped_classifier()
-    params = list(model.parameters())
-    n_params = sum(p.numel() for p in params)
+def tiny_same_structure() -> nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
 
+    cfg = BertConfig(
+        vocab_size=100, hidden_size=8, num_hidden_layers=6, num_attention_heads=2,
+        intermediate_size=16, num_labels=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return BertForSequenceClassification(cfg)
+
+
+def variants(model: nn.Module) -> dict:
+    params = list(model.parameters())
     floor_shadow = [p.detach().clone() for p in params]
     loop_shadow = [p.detach().clone() for p in params]
     ema = EMA(model, decay=DECAY)
@@ -42,24 +54,39 @@ def main() -> str:
         for s, p in zip(loop_shadow, params):
             s.mul_(DECAY).add_(p, alpha=1.0 - DECAY)
 
-    variants = {
+    return {
         "torch._foreach_lerp_ (floor)": floor,
         "danlu EMA.update()": ema.update,
         "AveragedModel + get_ema_multi_avg_fn": lambda: averaged.update_parameters(model),
         "Python loop mul_/add_": python_loop,
     }
-    compare(variants, repeat=1, warmup=5)
+
+
+def measure(title: str, model: nn.Module) -> str:
+    fns = variants(model)
+    compare(fns, repeat=1, warmup=5)
     # one interleaved call per variant per round; as in timeit, the minimum over rounds is the
     # cost with the least interference from other processes, the median the typical one
-    rounds: dict[str, list[float]] = {n: [] for n in variants}
+    rounds: dict[str, list[float]] = {n: [] for n in fns}
     for _ in range(ROUNDS):
-        for n, t in compare(variants, repeat=1, warmup=0).items():
+        for n, t in compare(fns, repeat=1, warmup=0).items():
             rounds[n].append(t)
-    title = f"EMA update, {n_params / 1e6:.1f}M params, fp32, 2 threads, {ROUNDS} rounds"
+    n_params = sum(p.numel() for p in model.parameters())
+    title = f"{title} ({n_params / 1e6:.2f}M params, fp32, 2 threads, {ROUNDS} rounds)"
     return "\n\n".join(
         [
             report(f"{title}: median", {n: statistics.median(ts) for n, ts in rounds.items()}),
             report(f"{title}: minimum", {n: min(ts) for n, ts in rounds.items()}),
+        ]
+    )
+
+
+def main() -> str:
+    set_threads(2)
+    return "\n\n".join(
+        [
+            measure("EMA update, MiniLM-shaped BERT", minilm_shaped_classifier()),
+            measure("EMA update overhead, same structure at hidden 8", tiny_same_structure()),
         ]
     )
 

@@ -134,9 +134,14 @@ def test_replaced_parameters_and_buffers_are_followed():
     assert lin.weight is not old_weight
     lin_ema.update()
     assert lin_ema.shadow["weight"].device.type == "meta"  # the shadow followed the new params
-    model.append(nn.Linear(2, 2))
+    model.append(nn.Linear(2, 2))  # updates only walk the modules known at construction;
     with pytest.raises(RuntimeError, match="create the EMA after changing the model"):
-        ema.update()
+        ema.apply_to()  # swapping in the average checks the whole tree
+    model2 = nn.Sequential(nn.Linear(2, 2))
+    ema2 = EMA(model2)
+    model2[0] = nn.Linear(2, 2)  # a replaced submodule
+    with pytest.raises(RuntimeError, match="changed after the EMA was created"):
+        ema2.apply_to()
 
 
 def test_restore_is_bit_identical_also_after_an_exception():

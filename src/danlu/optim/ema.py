@@ -103,6 +103,8 @@ class EMA(Trick):
     ``every`` optimizer steps. Parameters of fp16/bf16 models are averaged in an fp32
     shadow; buffers (e.g. BatchNorm statistics) are copied, not averaged. A
     DDP-/compile-wrapped model is unwrapped (every rank then holds the same shadow).
+    Moving or casting the model later is fine; adding or replacing submodules is not
+    (``apply_to`` raises): create the EMA once the model is built.
 
     Compared with ``AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))``: that
     class copies the model on its *first* ``update_parameters`` call and averages from the
@@ -152,15 +154,30 @@ class EMA(Trick):
         self._backup: list[torch.Tensor] | None = None
         self._groups: _Groups = []
         self._layout: list[tuple] = []
+        self._modules = list(self.model.modules())
 
-    def _live(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        # re-read every time: model.to()/half() may replace Parameter objects and buffers
-        params, buffers = list(self.model.parameters()), list(self.model.buffers())
-        if len(params) != len(self.shadow) or len(buffers) != len(self.shadow_buffers):
+    def _live(self, check_tree: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        # Re-read on every call: model.to()/half() may replace Parameter objects and buffers.
+        # Same order and de-duplication as named_parameters()/named_buffers(), without
+        # walking the module tree again (that walk costs more than a small model's update).
+        params: list[torch.Tensor] = []
+        buffers: list[torch.Tensor] = []
+        seen: set[int] = set()
+        for module in self._modules:
+            for out, tensors in ((params, module._parameters), (buffers, module._buffers)):
+                for t in tensors.values():
+                    if t is not None and id(t) not in seen:
+                        seen.add(id(t))
+                        out.append(t)
+        changed = len(params) != len(self.shadow) or len(buffers) != len(self.shadow_buffers)
+        if check_tree and not changed:  # a full walk also sees added or replaced submodules
+            ids = [id(t) for t in (*self.model.parameters(), *self.model.buffers())]
+            changed = ids != [id(t) for t in (*params, *buffers)]
+        if changed:
             raise RuntimeError(
-                f"the model now has {len(params)} parameters and {len(buffers)} buffers, the "
-                f"EMA was made for {len(self.shadow)} and {len(self.shadow_buffers)}: create "
-                "the EMA after changing the model"
+                f"the modules of {type(self.model).__name__} changed after the EMA was created "
+                f"(it tracks {len(self.shadow)} parameters and {len(self.shadow_buffers)} "
+                "buffers): create the EMA after changing the model"
             )
         return params, buffers
 
@@ -207,7 +224,7 @@ class EMA(Trick):
         dtypes). Undo with :meth:`restore`."""
         if self._backup is not None:
             raise RuntimeError("the averaged weights are already applied; call restore() first")
-        params, buffers = self._live()
+        params, buffers = self._live(check_tree=True)
         live = params + buffers
         self._backup = [t.detach().clone() for t in live]
         torch._foreach_copy_(live, list(self.shadow.values()) + list(self.shadow_buffers.values()))
