@@ -134,6 +134,12 @@ def test_mixing_context_manager_mixes_output_and_input_and_removes_hooks():
     with pytest.raises(RuntimeError, match="boom"), mixing(emb, 0.5, index):
         raise RuntimeError("boom")
     assert not emb._forward_hooks
+    with mixing(emb, 0.5, index) as calls:
+        emb(ids)
+        emb(ids)
+    assert len(calls) == 2
+    with pytest.raises(TypeError, match="keyword arguments only"), mixing(lin, 0.5, index, "input"):
+        lin(input=x)
 
 
 # ----------------------------------------------------------------------------- tricks
@@ -432,6 +438,10 @@ def test_bad_use_inside_tricks():
         Tricks([EmbeddingMixup()]).step(model, opt, make_batch(), lambda m, b: loss_fn(m, b)[0])
     with pytest.raises(ValueError, match="no submodule 'encoder.nope'"):
         Tricks([ManifoldMixup("encoder.nope")]).step(model, opt, make_batch(), loss_fn)
+    with pytest.raises(ValueError, match="did not run in the forward pass"):
+        model.unused = nn.Linear(16, 16)
+        Tricks([SentenceMixup("unused")]).step(model, opt, make_batch(), loss_fn)
+    del model.unused
     with pytest.raises(ValueError, match="choices holds layer 5"):
         Tricks([ManifoldMixup([model.hidden], choices=[5])]).step(model, opt, make_batch(), loss_fn)
     with pytest.raises(ValueError, match="no nn.Embedding"):

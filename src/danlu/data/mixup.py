@@ -270,29 +270,43 @@ def _mix(h: Any, lam: float, index: torch.Tensor) -> Any:
 @contextlib.contextmanager
 def mixing(
     module: nn.Module, lam: float, index: torch.Tensor, where: Literal["output", "input"] = "output"
-) -> Iterator[None]:
+) -> Iterator[list[int]]:
     """While active, ``module``'s output (or first input) is replaced by
     ``lam * h + (1 - lam) * h[index]``; the hook is removed on exit, also on an exception.
+    Yields a list that grows by one entry per mixed call (empty: the module never ran).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten())
         >>> ids, index = torch.tensor([[1, 2], [3, 4]]), torch.tensor([1, 0])
-        >>> with mixing(model[0], 0.5, index):
+        >>> with mixing(model[0], 0.5, index) as calls:
         ...     out = model(ids)
-        >>> torch.allclose(out[0], out[1])
-        True
+        >>> torch.allclose(out[0], out[1]), len(calls)
+        (True, 1)
     """
     _check_lam(lam)
+    calls: list[int] = []
+
+    def mix_output(m, args, out):
+        calls.append(1)
+        return _mix(out, lam, index)
+
+    def mix_input(m, args):
+        if not args:
+            raise TypeError(
+                f"{type(m).__name__} was called with keyword arguments only, so there is no "
+                "positional input to mix; mix the previous module's output instead"
+            )
+        calls.append(1)
+        return (_mix(args[0], lam, index), *args[1:])
+
     if where == "output":
-        handle = module.register_forward_hook(lambda m, args, out: _mix(out, lam, index))
+        handle = module.register_forward_hook(mix_output)
     elif where == "input":
-        handle = module.register_forward_pre_hook(
-            lambda m, args: (_mix(args[0], lam, index), *args[1:])
-        )
+        handle = module.register_forward_pre_hook(mix_input)
     else:
         raise ValueError(f"where must be 'output' or 'input', got {where!r}")
     try:
-        yield
+        yield calls
     finally:
         handle.remove()
 
@@ -396,11 +410,16 @@ class MixupTrick(Trick):
         if self.index is None:
             raise RuntimeError(f"{type(self).__name__}.compute_loss ran before on_batch")
         target = self._target(state.model)
-        hook = contextlib.nullcontext()
+        hook = contextlib.nullcontext([1])
         if target is not None:
             hook = mixing(target[0], self.lam, self.index, where=target[1])
-        with hook:
+        with hook as calls:
             _, logits = forward(batch)
+        if not calls:
+            raise ValueError(
+                f"{type(self).__name__}: the module to mix ({type(target[0]).__name__}) did not "
+                "run in the forward pass, so nothing was mixed; hook a module the model calls"
+            )
         if not isinstance(logits, torch.Tensor):
             raise ValueError(
                 f"{type(self).__name__} needs the logits: make loss_fn return (loss, logits)"
