@@ -1,10 +1,16 @@
 """Loss tricks: focal loss fwd+bwd vs ``F.cross_entropy`` (and two naive focal losses), and
 R-Drop (both forms) vs a plain step on a MiniLM-shaped BERT (8x128, AdamW).
 
+Each is timed twice: wall time with 2 threads (``_common.compare``), and this thread's CPU
+time with 1 thread, which stays meaningful when other jobs load the machine.
+
     .venv/bin/python benchmarks/bench_loss.py
 """
 
 from __future__ import annotations
+
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +33,21 @@ def naive_focal_onehot(x, t, gamma=2.0):
     return (-(onehot * (1 - logp.exp()) ** gamma * logp).sum(1)).mean()
 
 
-def bench_focal(n: int, c: int, inner: int) -> str:
+def cpu_compare(variants: dict, repeat: int) -> dict[str, float]:
+    """Like ``_common.compare`` but timing this thread's CPU time (run with 1 thread): on a
+    shared, oversubscribed machine wall time of sub-millisecond calls is mostly noise."""
+    times: dict[str, list[float]] = {n: [] for n in variants}
+    for fn in variants.values():
+        fn()
+    for _ in range(repeat):
+        for name, fn in variants.items():
+            t0 = time.thread_time()
+            fn()
+            times[name].append(time.thread_time() - t0)
+    return {n: statistics.median(ts) for n, ts in times.items()}
+
+
+def bench_focal(n: int, c: int, inner: int, cpu_time: bool = False) -> str:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, c, generator=g).requires_grad_()
     t = torch.randint(0, c, (n,), generator=g)
@@ -41,21 +61,24 @@ def bench_focal(n: int, c: int, inner: int) -> str:
 
         return call
 
-    medians = compare(
-        {
-            "F.cross_entropy": run(lambda: F.cross_entropy(x, t)),
-            "danlu focal_loss (gamma=2)": run(lambda: focal_loss(x, t, 2.0)),
-            "danlu focal_loss (gamma=2, alpha)": run(lambda: focal_loss(x, t, 2.0, alpha)),
-            "naive focal (gather)": run(lambda: naive_focal_gather(x, t)),
-            "naive focal (one-hot)": run(lambda: naive_focal_onehot(x, t)),
-        },
-        repeat=15,
-        warmup=2,
-    )
-    return report(f"focal loss fwd+bwd, logits {n} x {c} ({inner} calls per sample)", medians)
+    variants = {
+        "F.cross_entropy": run(lambda: F.cross_entropy(x, t)),
+        "danlu focal_loss (gamma=2)": run(lambda: focal_loss(x, t, 2.0)),
+        "danlu focal_loss (gamma=2, alpha)": run(lambda: focal_loss(x, t, 2.0, alpha)),
+        "naive focal (gather)": run(lambda: naive_focal_gather(x, t)),
+        "naive focal (one-hot)": run(lambda: naive_focal_onehot(x, t)),
+    }
+    if cpu_time:
+        medians = cpu_compare(variants, repeat=25)
+        how = "1 thread, thread CPU time"
+    else:
+        medians = compare(variants, repeat=25, warmup=2)
+        how = "2 threads, wall time"
+    title = f"focal loss fwd+bwd, logits {n} x {c}, {how} ({inner} calls per sample)"
+    return report(title, medians)
 
 
-def bench_rdrop() -> str:
+def bench_rdrop(cpu_time: bool = False) -> str:
     model = minilm_shaped_classifier().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     batch = text_batch()
@@ -71,23 +94,29 @@ def bench_rdrop() -> str:
 
     two_pass = Tricks([RDrop(alpha=4.0)])
     duplicate = Tricks([RDrop(alpha=4.0, mode="duplicate")])
-    medians = compare(
-        {
-            "plain step": plain,
-            "RDrop two_pass": lambda: two_pass.step(model, opt, batch, loss_fn),
-            "RDrop duplicate": lambda: duplicate.step(model, opt, batch, loss_fn),
-        },
-        repeat=5,
-        warmup=1,
-    )
-    return report("R-Drop step, MiniLM-shaped BERT, 8 x 128 tokens, AdamW", medians)
+    variants = {
+        "plain step": plain,
+        "RDrop two_pass": lambda: two_pass.step(model, opt, batch, loss_fn),
+        "RDrop duplicate": lambda: duplicate.step(model, opt, batch, loss_fn),
+    }
+    if cpu_time:
+        medians, how = cpu_compare(variants, repeat=4), "1 thread, thread CPU time"
+    else:
+        medians, how = compare(variants, repeat=7, warmup=1), "2 threads, wall time"
+    return report(f"R-Drop step, MiniLM-shaped BERT, 8 x 128 tokens, AdamW, {how}", medians)
 
 
 def main() -> None:
     set_threads(2)
     bench_focal(4096, 30, inner=20)
     bench_focal(32768, 50, inner=3)
+    set_threads(1)
+    bench_focal(4096, 30, inner=20, cpu_time=True)
+    bench_focal(32768, 50, inner=3, cpu_time=True)
+    set_threads(2)
     bench_rdrop()
+    set_threads(1)
+    bench_rdrop(cpu_time=True)
 
 
 if __name__ == "__main__":
