@@ -13,7 +13,7 @@ import torch
 
 from danlu.core import Order, State, Trick
 
-__all__ = ["batch_field", "LossSwap"]
+__all__ = ["batch_field", "as_float", "classes_on_dim1", "LossSwap"]
 
 
 def batch_field(batch: Any, key: str | None, fn: Callable[[Any], Any] | None, what: str) -> Any:
