@@ -2,7 +2,9 @@
 loop, on a MiniLM-shaped BERT (8 x 32 tokens, SGD so the optimizer step is cheap).
 
 Each variant is one full micro-batch step: training_step (forward, backward, tricks) then
-optimizer.step() and zero_grad(); timed round-robin in one run.
+optimizer.step() and zero_grad(); timed round-robin in one run. Two tables per comparison:
+wall time with 2 threads, and this thread's CPU time with 1 thread (robust on a loaded,
+shared machine, where wall time is mostly noise).
 
     python benchmarks/bench_integrations.py
 """
@@ -10,15 +12,29 @@ optimizer.step() and zero_grad(); timed round-robin in one run.
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import compare, minilm_shaped_classifier, report, set_threads, text_batch  # noqa: E402
 
 
+def cpu_compare(variants: dict, repeat: int) -> dict[str, float]:
+    """Median thread CPU seconds per call, round-robin (run with 1 torch thread)."""
+    times: dict[str, list[float]] = {n: [] for n in variants}
+    for fn in variants.values():
+        fn()
+    for _ in range(repeat):
+        for name, fn in variants.items():
+            t0 = time.thread_time()
+            fn()
+            times[name].append(time.thread_time() - t0)
+    return {n: statistics.median(ts) for n, ts in times.items()}
+
+
 def main() -> None:
-    set_threads(2)
     import torch
     from transformers import Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
@@ -64,13 +80,17 @@ def main() -> None:
         "DanluTrainer, no tricks": trainer_step(DanluTrainer),
         "custom loop, danlu.Tricks([])": loop_step(False),
     }
-    report("One step, no tricks (MiniLM-shaped, 8x32, SGD)", compare(plain, repeat=5))
+    set_threads(2)
+    report("One step, no tricks (MiniLM-shaped, 8x32, SGD), wall", compare(plain, repeat=3))
     fgm = {
         "DanluTrainer + FGM": trainer_step(DanluTrainer, lambda m: {"tricks": [FGM(m)]}),
         "custom loop + FGM": loop_step(True),
         "DanluTrainer, no tricks": plain["DanluTrainer, no tricks"],
     }
-    report("One step with FGM", compare(fgm, repeat=5))
+    report("One step with FGM, wall", compare(fgm, repeat=3))
+    set_threads(1)
+    report("One step, no tricks, CPU time (1 thread)", cpu_compare(plain, repeat=3))
+    report("One step with FGM, CPU time (1 thread)", cpu_compare(fgm, repeat=3))
 
 
 if __name__ == "__main__":
