@@ -151,3 +151,15 @@ def test_errors():
     for eps in (0, -1.0, float("nan"), float("inf"), True):
         with pytest.raises(ValueError, match="eps"):
             FGM(model, eps=eps)
+
+
+def test_through_torch_compile_matches_eager():
+    model, _ = make("gru")
+    ref = copy.deepcopy(model)
+    compiled = torch.compile(model, backend="eager")  # dynamo tracing, no C++ toolchain
+    for wrapped, inner in ((compiled, model), (ref, ref)):
+        opt = torch.optim.SGD(inner.parameters(), lr=0.1)
+        tricks = Tricks([FGM(wrapped, eps=0.5)])
+        for i in range(2):
+            tricks.step(wrapped, opt, batch(seed=i), loss_fn)
+    assert_params_close(model, ref, atol=1e-10)
