@@ -11,9 +11,9 @@ the negative side is weighted by ``1 - alpha``). With one-hot targets this is th
 cross-entropy (softmax) or binary cross-entropy with logits (sigmoid).
 
 Everything works on ``nll = -log p`` (from the fused ``F.cross_entropy(reduction="none")``
-kernel, ``-log_softmax`` or ``softplus``) and ``1 - p = -expm1(-nll)``, with a hand-written
-gradient of ``(1 - p)^gamma · nll`` that stays finite as ``p -> 1`` for every
-``gamma >= 0`` (also ``0 < gamma < 1``): logits of ±1e4 are fine. Only the target's
+kernel, ``-log_softmax`` or ``softplus``) and ``1 - p = -expm1(-nll)``; for
+``0 < gamma < 1``, where autograd of ``(1 - p)^gamma`` is NaN at ``p = 1``, the gradient is
+written by hand. Gradients are finite for every ``gamma >= 0``, also for logits of ±1e4. Only the target's
 ``-log p_t`` is modulated, so the default path costs one cross-entropy plus a few per-row
 operations.
 """
@@ -37,22 +37,13 @@ Reduction = Literal["mean", "sum", "none"]
 Alpha = float | Sequence[float] | torch.Tensor | None
 
 
-def _dfocal(nll, p, q, qg, gamma: float) -> torch.Tensor:
-    """d/d nll of ``q^g · nll`` with ``p = e^-nll``, ``q = 1 - p``, ``qg = q^g``:
-    ``q^(g-1) · (q + g·p·nll)``; for ``g < 1`` (where ``q^(g-1)`` blows up at ``p = 1``)
-    written ``q^g · (1 + g·p·(nll/q))`` with ``nll/q -> 1`` as ``q -> 0``."""
-    if gamma >= 1:
-        out = torch.addcmul(q, p, nll, value=gamma)
-        return out if gamma == 1 else out.mul_(q if gamma == 2 else q.pow(gamma - 1))
-    ratio = torch.where(q > 0, nll / q, 1.0)
-    return ratio.mul_(p).mul_(gamma).add_(1.0).mul_(qg)
+class _FocalTermSmallGamma(torch.autograd.Function):
+    """Elementwise ``(1 - p)^gamma · nll`` of ``nll = -log p`` for ``0 < gamma < 1``.
 
-
-class _FocalTerm(torch.autograd.Function):
-    """Elementwise ``(1 - p)^gamma · nll`` of a negative log-probability ``nll = -log p``,
-    with ``1 - p = -expm1(-nll)`` and a hand-written derivative that stays finite as
-    ``p -> 1`` for every ``gamma > 0``; the derivative is formed in the forward, so the
-    backward is one multiplication."""
+    Autograd of ``q ** gamma`` (``q = 1 - p``) gives ``inf · 0 = nan`` at ``p = 1`` when
+    ``gamma < 1``; the derivative ``q^g · (1 + g·p·(nll/q))``, with ``nll/q -> 1`` as
+    ``q -> 0``, is finite. It is formed in the forward; the backward is one multiplication.
+    """
 
     @staticmethod
     def forward(ctx, nll: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -60,7 +51,8 @@ class _FocalTerm(torch.autograd.Function):
         q = torch.expm1(m).neg_()
         qg = q.pow(gamma)
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(_dfocal(nll, m.exp_(), q, qg, gamma))
+            ratio = torch.where(q > 0, nll / q, 1.0)
+            ctx.save_for_backward(ratio.mul_(m.exp_()).mul_(gamma).add_(1.0).mul_(qg))
         return qg.mul_(nll)
 
     @staticmethod
@@ -123,7 +115,12 @@ def _reduce(loss: torch.Tensor, keep: torch.Tensor, reduction: str) -> torch.Ten
 
 
 def _focal(nll: torch.Tensor, gamma: float) -> torch.Tensor:
-    return nll if gamma == 0 else _FocalTerm.apply(nll, gamma)
+    """``(1 - p)^gamma · nll`` for ``nll = -log p >= 0``, with ``1 - p = -expm1(-nll)``."""
+    if gamma == 0:
+        return nll
+    if gamma < 1:
+        return _FocalTermSmallGamma.apply(nll, gamma)
+    return (-torch.expm1(-nll)).pow(gamma) * nll  # autograd is finite for gamma >= 1
 
 
 def _softmax_focal(logits, target, gamma, alpha, ignore_index, reduction, label_smoothing):
