@@ -8,7 +8,9 @@ overhead per update.
 
 Run: .venv/bin/python benchmarks/bench_optim.py   (under a minute on a quiet machine)
 
-The minimum table's "median ms" column (from ``_common.report``) holds the minimum.
+The minimum table's "median ms" column (from ``_common.report``) holds the minimum. The
+paired table divides each call by the floor's call in the same round, then takes the median:
+on a shared, noisy machine this is the steadiest figure.
 """
 
 from __future__ import annotations
@@ -77,8 +79,26 @@ def measure(title: str, model: nn.Module) -> str:
         [
             report(f"{title}: median", {n: statistics.median(ts) for n, ts in rounds.items()}),
             report(f"{title}: minimum", {n: min(ts) for n, ts in rounds.items()}),
+            paired(title, rounds),
         ]
     )
+
+
+def paired(title: str, rounds: dict[str, list[float]]) -> str:
+    """Median over rounds of each variant's time divided by the floor's time *in the same
+    round*: slow drifts of the machine's load cancel out of these ratios."""
+    floor = next(iter(rounds.values()))
+    lines = [
+        f"### {title}: paired ratio to the floor",
+        "",
+        "| variant | median ratio |",
+        "|---|---:|",
+    ]
+    for n, ts in rounds.items():
+        lines.append(f"| {n} | {statistics.median(t / f for t, f in zip(ts, floor)):.3f} |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
 
 
 def main() -> str:
