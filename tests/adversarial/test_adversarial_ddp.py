@@ -1,4 +1,4 @@
-"""FGM and PGD under DistributedDataParallel (2 gloo processes on CPU)."""
+"""FGM, PGD, FreeLB and AWP under DistributedDataParallel (2 gloo processes on CPU)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from helpers import TinyTextClassifier, loss_fn, make_batch, run_ddp
 
 from danlu import Tricks
-from danlu.adversarial import FGM, PGD
+from danlu.adversarial import AWP, FGM, PGD, FreeLB
 
 
 def _worker(rank, world, out_dir):
@@ -29,9 +29,11 @@ def _worker(rank, world, out_dir):
         ref_tricks.step(single, ref_opt, big, loss_fn)
     results["fgm"] = ddp.module.state_dict()
     results["single"] = single.state_dict()
-    # FGM and PGD with accumulation: the ranks stay identical
+    # with accumulation (non-boundary micro-batches under no_sync): ranks stay identical
     for name, make in (("fgm_acc", lambda m: FGM(m, eps=0.5)),
-                       ("pgd_acc", lambda m: PGD(m, eps=0.5, alpha=0.2, steps=3))):
+                       ("pgd_acc", lambda m: PGD(m, eps=0.5, alpha=0.2, steps=3)),
+                       ("freelb_acc", lambda m: FreeLB(m, steps=2, alpha=0.1)),
+                       ("awp_acc", lambda m: AWP(m, adv_lr=0.5, adv_eps=0.01))):
         ddp = torch.nn.parallel.DistributedDataParallel(copy.deepcopy(base))
         opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
         tricks = Tricks([make(ddp)], accumulate=2)
@@ -44,11 +46,12 @@ def _worker(rank, world, out_dir):
 def test_ddp_ranks_identical_and_equal_to_single_process(tmp_path):
     run_ddp(_worker, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    for key in ("fgm", "fgm_acc", "pgd_acc"):
+    for key in ("fgm", "fgm_acc", "pgd_acc", "freelb_acc", "awp_acc"):
         for k in r0[key]:
             assert torch.equal(r0[key][k], r1[key][k]), (key, k)
     torch.manual_seed(0)
     start = TinyTextClassifier().double()
-    assert any(not torch.equal(v, start.state_dict()[k]) for k, v in r0["fgm_acc"].items())
+    for key in ("fgm_acc", "pgd_acc", "freelb_acc", "awp_acc"):
+        assert any(not torch.equal(v, start.state_dict()[k]) for k, v in r0[key].items()), key
     for k, v in r0["fgm"].items():
         torch.testing.assert_close(v, r0["single"][k], rtol=0, atol=1e-10, msg=k)
