@@ -9,13 +9,15 @@ overhead per update.
 Run: .venv/bin/python benchmarks/bench_optim.py   (under a minute on a quiet machine)
 
 The minimum table's "median ms" column (from ``_common.report``) holds the minimum. The
-paired table divides each call by the floor's call in the same round, then takes the median:
-on a shared, noisy machine this is the steadiest figure.
+paired table divides each call by the floor's call in the same round, then takes the median.
+The CPU-time tables (1 thread, ``time.thread_time``) leave out time spent descheduled by
+other processes: on a shared, noisy machine they are the steadiest figures.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 
 import torch
 from _common import compare, minilm_shaped_classifier, report, set_threads
@@ -101,12 +103,35 @@ def paired(title: str, rounds: dict[str, list[float]]) -> str:
     return text
 
 
+def measure_cpu_time(title: str, model: nn.Module) -> str:
+    """1 thread, CPU time of the calling thread (``time.thread_time``): time the process
+    spends descheduled by other processes does not count, so this is the steadiest figure
+    on a loaded machine (memory-bandwidth contention still shows)."""
+    set_threads(1)
+    fns = variants(model)
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    names = list(fns)
+    for r in range(ROUNDS):
+        for n in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
+            t0 = time.thread_time()
+            fns[n]()
+            times[n].append(time.thread_time() - t0)
+    set_threads(2)
+    medians = {n: statistics.median(ts) for n, ts in times.items()}
+    return report(f"{title}: CPU time, 1 thread, median of {ROUNDS} rounds", medians)
+
+
 def main() -> str:
     set_threads(2)
+    big, tiny = minilm_shaped_classifier(), tiny_same_structure()
     return "\n\n".join(
         [
-            measure("EMA update, MiniLM-shaped BERT", minilm_shaped_classifier()),
-            measure("EMA update overhead, same structure at hidden 8", tiny_same_structure()),
+            measure("EMA update, MiniLM-shaped BERT", big),
+            measure("EMA update overhead, same structure at hidden 8", tiny),
+            measure_cpu_time("EMA update, MiniLM-shaped BERT", big),
+            measure_cpu_time("EMA update overhead, same structure at hidden 8", tiny),
         ]
     )
 
