@@ -274,6 +274,7 @@ class Focal(LossSwap):
     or ``target_fn(batch)``. Other keyword arguments go to :func:`focal_loss`.
 
     Example:
+        >>> import danlu
         >>> tricks = danlu.Tricks([Focal(gamma=2.0)])   # dict batches with "labels"
     """
 

@@ -152,6 +152,7 @@ class RDrop(Trick):
             of the KL; ``None`` averages over all positions.
 
     Example:
+        >>> import danlu
         >>> tricks = danlu.Tricks([RDrop(alpha=1.0, mode="duplicate")])  # loss_fn -> (loss, logits)
     """
 

@@ -69,6 +69,7 @@ class LabelSmoothing(LossSwap):
         target_key / target_fn: where the labels are (see :class:`~danlu.loss.Focal`).
 
     Example:
+        >>> import danlu
         >>> tricks = danlu.Tricks([LabelSmoothing(0.1)])   # loss_fn returns (loss, logits)
     """
 
@@ -104,6 +105,7 @@ class TemperatureCE(LossSwap):
         ignore_index, target_key / target_fn: as for :class:`LabelSmoothing`.
 
     Example:
+        >>> import danlu
         >>> tricks = danlu.Tricks([TemperatureCE(2.0)])
     """
 

@@ -108,7 +108,10 @@ def add_drop_path(model: nn.Module, p: float, linear: bool = True) -> list[float
         the rate of each layer.
 
     Example:
-        >>> rates = add_drop_path(bert_model, 0.1)   # [0.0, 0.02, ..., 0.1] for 6 layers
+        >>> from transformers import BertConfig, BertModel
+        >>> bert = BertModel(BertConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64))
+        >>> [round(r, 3) for r in add_drop_path(bert, 0.11)]   # 12 layers
+        [0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.11]
     """
     p = _check_p(p)
     layers = _bert_layers(model)
