@@ -65,11 +65,14 @@ def compare(
     return {n: statistics.median(ts) for n, ts in times.items()}
 
 
-def report(title: str, medians: dict[str, float], baseline: str | None = None) -> str:
-    """A markdown table of median times and ratios against ``baseline`` (default: first)."""
+def report(
+    title: str, medians: dict[str, float], baseline: str | None = None, label: str = "median ms"
+) -> str:
+    """A markdown table of times (seconds in, shown in ms under ``label``) and ratios against
+    ``baseline`` (default: the first variant)."""
     baseline = baseline or next(iter(medians))
     base = medians[baseline]
-    lines = [f"### {title}", "", "| variant | median ms | ratio |", "|---|---:|---:|"]
+    lines = [f"### {title}", "", f"| variant | {label} | ratio |", "|---|---:|---:|"]
     for n, t in medians.items():
         lines.append(f"| {n} | {t * 1e3:.2f} | {t / base:.3f} |")
     text = "\n".join(lines)

@@ -79,3 +79,22 @@ def test_trick_resume_is_bit_exact(name):
     for k, v in model_a.state_dict().items():
         assert torch.equal(v, model_c.state_dict()[k]), k
     assert tricks_c.state.step == tricks_a.state.step
+    _assert_same_state(tricks_a.state_dict(), tricks_c.state_dict())
+
+
+def _assert_same_state(a, b, path="tricks"):
+    """Trick state (EMA shadows, SWA averages, generator states ...) equal after resume."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_state(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and a != a:  # NaN
+        assert b != b, path
+    else:
+        assert a == b, path

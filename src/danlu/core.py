@@ -258,7 +258,11 @@ class Tricks:
         dtype = torch.float16 if self.amp == "fp16" else torch.bfloat16
         return torch.autocast(device_type=device_type, dtype=dtype)
 
-    def _chain(self, model: nn.Module, loss_fn: LossFn) -> Forward:
+    def chain(self, model: nn.Module, loss_fn: LossFn) -> Forward:
+        """The composed ``compute_loss`` chain: ``forward(batch) -> (loss, logits)``, outermost
+        trick first, ``loss_fn(model, batch)`` innermost. For integrations that run their own
+        backward (HF Trainer, Lightning manual optimisation)."""
+
         def innermost(batch: Any):
             return _as_loss_and_logits(loss_fn(model, batch))
 
@@ -316,7 +320,7 @@ class Tricks:
         for trick in self.tricks:
             batch = trick.on_batch(batch, st)
 
-        chain = self._chain(model, loss_fn)
+        chain = self.chain(model, loss_fn)
         sync = contextlib.nullcontext()
         if isinstance(model, nn.parallel.DistributedDataParallel) and not st.is_boundary:
             sync = model.no_sync()

@@ -231,7 +231,7 @@ def manual_step(module: Any, batch: Any, loss_fn: LossFn) -> State:
     st.stepped = False
     for trick in tricks:
         batch = trick.on_batch(batch, st)
-    chain = tricks._chain(module, loss_fn)
+    chain = tricks.chain(module, loss_fn)
     weight = 1.0 / tricks.accumulate
 
     def closure() -> torch.Tensor:

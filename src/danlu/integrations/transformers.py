@@ -226,7 +226,7 @@ class TricksMixin:
                 logits = outputs.get("logits") if isinstance(outputs, dict) else None
                 return loss, logits
 
-            chain = self.tricks._chain(model, hf_loss)
+            chain = self.tricks.chain(model, hf_loss)
             backward_kwargs = {}
             if self.accelerator.distributed_type == "DEEPSPEED":
                 backward_kwargs["scale_wrt_gas"] = False
