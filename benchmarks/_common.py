@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -48,10 +49,25 @@ def text_batch(n: int = 8, seq: int = 128, vocab: int = 30522, num_labels: int =
     }
 
 
+def hf_loss_fn(model, batch):
+    """Mean cross-entropy of an HF sequence classifier; returns (loss, logits)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(logits, batch["labels"]), logits
+
+
 def compare(
-    variants: dict[str, Callable[[], object]], repeat: int = 5, warmup: int = 1
+    variants: dict[str, Callable[[], object]],
+    repeat: int = 5,
+    warmup: int = 1,
+    clock: str = "wall",
 ) -> dict[str, float]:
-    """Median seconds per call of each variant, timed round-robin in one run."""
+    """Median seconds per call of each variant, timed round-robin in one run.
+
+    ``clock="wall"`` uses ``time.perf_counter``; ``clock="cpu"`` uses this thread's CPU time
+    (``time.thread_time``; run with 1 torch thread): time spent descheduled by other
+    processes does not count, the steadiest figure on a shared, loaded machine.
+    """
+    timer = {"wall": time.perf_counter, "cpu": time.thread_time}[clock]
     names = list(variants)
     for _ in range(warmup):
         for n in names:
@@ -59,9 +75,9 @@ def compare(
     times: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(repeat):
         for n in names:
-            t0 = time.perf_counter()
+            t0 = timer()
             variants[n]()
-            times[n].append(time.perf_counter() - t0)
+            times[n].append(timer() - t0)
     return {n: statistics.median(ts) for n, ts in times.items()}
 
 

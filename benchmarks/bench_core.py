@@ -7,16 +7,11 @@ with and without clipping / monitoring / warmup, on a MiniLM-shaped BERT (8x128,
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from _common import compare, minilm_shaped_classifier, report, set_threads, text_batch
+from _common import hf_loss_fn as loss_fn
 
 from danlu import Tricks
 from danlu.optim import GradNormMonitor, Schedule, linear_warmup
-
-
-def loss_fn(model, batch):
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(logits, batch["labels"]), logits
 
 
 def main() -> None:

@@ -12,26 +12,11 @@ shared machine, where wall time is mostly noise).
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import compare, minilm_shaped_classifier, report, set_threads, text_batch  # noqa: E402
-
-
-def cpu_compare(variants: dict, repeat: int) -> dict[str, float]:
-    """Median thread CPU seconds per call, round-robin (run with 1 torch thread)."""
-    times: dict[str, list[float]] = {n: [] for n in variants}
-    for fn in variants.values():
-        fn()
-    for _ in range(repeat):
-        for name, fn in variants.items():
-            t0 = time.thread_time()
-            fn()
-            times[name].append(time.thread_time() - t0)
-    return {n: statistics.median(ts) for n, ts in times.items()}
 
 
 def main() -> None:
@@ -89,8 +74,8 @@ def main() -> None:
     }
     report("One step with FGM, wall", compare(fgm, repeat=3))
     set_threads(1)
-    report("One step, no tricks, CPU time (1 thread)", cpu_compare(plain, repeat=3))
-    report("One step with FGM, CPU time (1 thread)", cpu_compare(fgm, repeat=3))
+    report("One step, no tricks, CPU time (1 thread)", compare(plain, repeat=3, clock="cpu"))
+    report("One step with FGM, CPU time (1 thread)", compare(fgm, repeat=3, clock="cpu"))
 
 
 if __name__ == "__main__":

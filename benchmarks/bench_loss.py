@@ -9,9 +9,6 @@ time with 1 thread, which stays meaningful when other jobs load the machine.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 from _common import compare, minilm_shaped_classifier, report, set_threads, text_batch
@@ -33,18 +30,7 @@ def naive_focal_onehot(x, t, gamma=2.0):
     return (-(onehot * (1 - logp.exp()) ** gamma * logp).sum(1)).mean()
 
 
-def cpu_compare(variants: dict, repeat: int) -> dict[str, float]:
-    """Like ``_common.compare`` but timing this thread's CPU time (run with 1 thread): on a
-    shared, oversubscribed machine wall time of sub-millisecond calls is mostly noise."""
-    times: dict[str, list[float]] = {n: [] for n in variants}
-    for fn in variants.values():
-        fn()
-    for _ in range(repeat):
-        for name, fn in variants.items():
-            t0 = time.thread_time()
-            fn()
-            times[name].append(time.thread_time() - t0)
-    return {n: statistics.median(ts) for n, ts in times.items()}
+
 
 
 def bench_focal(n: int, c: int, inner: int, cpu_time: bool = False) -> str:
@@ -69,7 +55,7 @@ def bench_focal(n: int, c: int, inner: int, cpu_time: bool = False) -> str:
         "naive focal (one-hot)": run(lambda: naive_focal_onehot(x, t)),
     }
     if cpu_time:
-        medians = cpu_compare(variants, repeat=25)
+        medians = compare(variants, repeat=25, clock="cpu")
         how = "1 thread, thread CPU time"
     else:
         medians = compare(variants, repeat=25, warmup=2)
@@ -100,7 +86,7 @@ def bench_rdrop(cpu_time: bool = False) -> str:
         "RDrop duplicate": lambda: duplicate.step(model, opt, batch, loss_fn),
     }
     if cpu_time:
-        medians, how = cpu_compare(variants, repeat=4), "1 thread, thread CPU time"
+        medians, how = compare(variants, repeat=4, clock="cpu"), "1 thread, thread CPU time"
     else:
         medians, how = compare(variants, repeat=7, warmup=1), "2 threads, wall time"
     return report(f"R-Drop step, MiniLM-shaped BERT, 8 x 128 tokens, AdamW, {how}", medians)

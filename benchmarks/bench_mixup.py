@@ -16,16 +16,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import compare, minilm_shaped_classifier, report, set_threads, text_batch  # noqa: E402
+from _common import compare, minilm_shaped_classifier, report, set_threads, text_batch
+from _common import hf_loss_fn as loss_fn  # noqa: E402
 
 from danlu import Tricks  # noqa: E402
 from danlu.data.cutmix import TokenCutMix  # noqa: E402
 from danlu.data.mixup import EmbeddingMixup, ManifoldMixup, SentenceMixup  # noqa: E402
-
-
-def loss_fn(model, batch):
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(logits, batch["labels"]), logits
 
 
 def main() -> None:
