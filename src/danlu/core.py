@@ -25,8 +25,13 @@ One call of ``Tricks.step(model, optimizer, batch, loss_fn)`` runs one micro-bat
 Ordering rule: tricks run sorted by their ``order`` (a stable sort, so equal orders keep
 list order). Lower order runs first in every hook and is the *outer* wrapper of the
 ``compute_loss`` chain. The bands in :class:`Order` say where each kind of trick sits:
-data tricks (mixup) before loss wrappers (R-Drop) before loss swaps (focal); a grad-norm
+loss wrappers (R-Drop) outside the mixup family outside loss swaps (focal); a grad-norm
 monitor before clipping; schedules before weight averaging.
+
+A trick whose ``compute_loss`` recomputes the loss from the logits (``replaces_loss =
+True``: mixup, focal, label smoothing) discards the loss the inner chain returns, so
+``Tricks`` refuses such a trick outside another ``compute_loss`` trick instead of silently
+dropping that trick's term.
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ AmpMode = Literal["fp16", "bf16"] | None
 class Order:
     """Conventional ``order`` bands (lower runs first, and wraps outermost)."""
 
-    DATA = 0  # on_batch transforms: mixup, cutmix, token cutoff
+    DATA = 0  # on_batch transforms of the raw batch: token cutoff
     LOSS_WRAP = 10  # multi-pass loss wrappers: R-Drop
+    MIX = 15  # the mixup family: mixes inside every R-Drop pass, two-label loss from logits
     LOSS = 20  # loss swaps: focal, label smoothing, temperature
     ADVERSARIAL = 30  # after_backward closures: FGM, PGD, FreeLB, AWP
     MONITOR = 40  # reads gradients before they are changed
@@ -107,6 +113,10 @@ class Trick:
     """
 
     order: int = Order.LOSS
+    #: True when ``compute_loss`` recomputes the loss from the logits, discarding the loss
+    #: the inner chain returns (loss swaps, mixup): nothing that changes the loss may run
+    #: inside it.
+    replaces_loss: bool = False
 
     def on_batch(self, batch: Any, state: State) -> Any:
         return batch
@@ -169,6 +179,20 @@ def _as_loss_and_logits(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
             "(e.g. loss.mean()) or return (loss, logits)"
         )
     return loss.reshape(()), logits
+
+
+def _check_loss_chain(tricks: list[Trick]) -> None:
+    """Refuse a loss-replacing trick that wraps another compute_loss trick."""
+    chain = [t for t in tricks if type(t).compute_loss is not Trick.compute_loss]
+    for i, outer in enumerate(chain):
+        if outer.replaces_loss and i + 1 < len(chain):
+            inner = chain[i + 1 :]
+            raise ValueError(
+                f"{outer!r} recomputes the loss from the logits, so the loss of "
+                f"{', '.join(map(repr, inner))} inside it would be silently dropped; give "
+                f"{type(outer).__name__} that loss instead (e.g. loss_from_logits=...), or "
+                "change the tricks' order so the loss-replacing trick is innermost"
+            )
 
 
 def _device_type(model: nn.Module) -> str:
@@ -234,6 +258,7 @@ class Tricks:
 
             tricks.append(ClipGradNorm(max_grad_norm))
         self.tricks: list[Trick] = sorted(tricks, key=lambda t: t.order)
+        _check_loss_chain(self.tricks)
         self.accumulate = accumulate
         self.amp = amp
         self.state = State(accumulate=accumulate)

@@ -320,3 +320,21 @@ def test_other_bad_inputs():
         Tricks([GradNormMonitor()]).load_state_dict(Tricks().state_dict())
     with pytest.raises(ValueError, match="no parameters"):
         Tricks().step(torch.nn.ReLU(), opt, make_batch(), loss_fn)
+
+
+class _ReplaceLoss(Trick):
+    order = Order.LOSS_WRAP
+    replaces_loss = True
+
+    def compute_loss(self, forward, batch, state):
+        _, logits = forward(batch)
+        return F.cross_entropy(logits, batch["labels"]), logits
+
+
+def test_a_loss_replacing_trick_may_not_wrap_another_loss_trick():
+    with pytest.raises(ValueError, match=r"_ReplaceLoss.*_DoubleLoss.*silently dropped"):
+        Tricks([_ReplaceLoss(), _DoubleLoss()])
+    inner = _ReplaceLoss()
+    inner.order = Order.LOSS + 1  # innermost: nothing is dropped
+    Tricks([inner, _DoubleLoss()])
+    Tricks([_ReplaceLoss(), _CountClosure()])  # after_backward-only tricks are not in the chain

@@ -225,7 +225,7 @@ def mixup_cross_entropy(
     """Two-label mixup loss ``lam * L(logits, y_a) + (1 - lam) * L(logits, y_b)``.
 
     Args:
-        logits: (N, C) model outputs (computed in float32).
+        logits: (N, C) model outputs (half precision is computed in float32).
         y_a, y_b: the two label sets (class indices or soft targets).
         lam: a float, or a per-example (N,) tensor (token cutmix): then the loss is
             ``mean_i(lam_i * l_i(y_a) + (1 - lam_i) * l_i(y_b))``.
@@ -236,7 +236,7 @@ def mixup_cross_entropy(
         >>> logits, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
         >>> loss = mixup_cross_entropy(logits, y, y.flip(0), 0.3)
     """
-    logits = logits.float()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> fp32
     if isinstance(lam, torch.Tensor):
         fn = loss_from_logits or (lambda z, t: F.cross_entropy(z, t, reduction="none"))
         la, lb = fn(logits, y_a), fn(logits, y_b)
@@ -355,12 +355,14 @@ class MixupTrick(Trick):
     ``compute_loss``. Subclasses say where the mixing happens (``_target``).
 
     Because the mixing hook is installed inside ``compute_loss``, an adversarial closure
-    (FGM, PGD) that re-runs the loss chain sees the same lambda and permutation.
-    Loss swaps ordered after mixup (focal, smoothing) are bypassed: pass their loss as
-    ``loss_from_logits``.
+    (FGM, PGD) that re-runs the loss chain sees the same lambda and permutation, and R-Drop
+    (which wraps mixup, ``Order.LOSS_WRAP < Order.MIX``) runs both of its passes on the same
+    mix. The loss is recomputed from the logits (``replaces_loss``), so ``Tricks`` refuses a
+    loss swap (focal, smoothing) inside mixup: pass that loss as ``loss_from_logits``.
     """
 
-    order = Order.DATA
+    order = Order.MIX
+    replaces_loss = True
 
     def __init__(
         self,
@@ -409,6 +411,13 @@ class MixupTrick(Trick):
     def compute_loss(self, forward, batch: Any, state: State):
         if self.index is None:
             raise RuntimeError(f"{type(self).__name__}.compute_loss ran before on_batch")
+        y = self.targets(batch)
+        if len(y) != len(self.index):
+            raise ValueError(
+                f"{type(self).__name__}: the batch has {len(y)} examples in compute_loss but had "
+                f"{len(self.index)} in on_batch; a trick outside mixup changed the batch size "
+                "(RDrop(mode='duplicate') does): use RDrop(mode='two_pass') with mixup"
+            )
         target = self._target(state.model)
         hook = contextlib.nullcontext([1])
         if target is not None:
@@ -424,7 +433,7 @@ class MixupTrick(Trick):
             raise ValueError(
                 f"{type(self).__name__} needs the logits: make loss_fn return (loss, logits)"
             )
-        y = self.targets(batch).to(logits.device)
+        y = y.to(logits.device)
         index = self.index.to(logits.device)
         return mixup_cross_entropy(logits, y, y[index], self.lam, self.loss_from_logits), logits
 

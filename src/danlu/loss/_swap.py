@@ -55,6 +55,7 @@ class LossSwap(Trick):
     """
 
     order = Order.LOSS
+    replaces_loss = True
 
     def __init__(
         self, target_key: str = "labels", target_fn: Callable[[Any], torch.Tensor] | None = None
