@@ -18,7 +18,6 @@ from danlu.data.mixup import (
     EmbeddingMixup,
     ManifoldMixup,
     SentenceMixup,
-    find_input_embedding,
     mix_targets,
     mixing,
     mixup_batch,
@@ -376,14 +375,17 @@ def test_random_layer_choice_covers_the_choices():
         assert picks == expected
 
 
-def test_find_input_embedding():
-    assert find_input_embedding(TinyTextClassifier()) is not None
+def test_embedding_mixup_finds_the_input_embedding_module():
+    model = TinyTextClassifier()
+    assert EmbeddingMixup()._target(model) == (model.embed, "output")
     two = nn.ModuleDict({"a": nn.Embedding(5, 2), "b": nn.Embedding(9, 2)})
-    assert find_input_embedding(two) is two["b"]
-    with pytest.raises(ValueError, match=r"\['a', 'b'\]"):
-        find_input_embedding(nn.ModuleDict({"a": nn.Embedding(5, 2), "b": nn.Embedding(5, 2)}))
+    assert EmbeddingMixup()._target(two)[0] is two["b"]
+    with pytest.raises(ValueError, match=r"ambiguous.*'a' \(5, 2\), 'b' \(5, 2\)"):
+        EmbeddingMixup()._target(
+            nn.ModuleDict({"a": nn.Embedding(5, 2), "b": nn.Embedding(5, 2)})
+        )
     with pytest.raises(ValueError, match="no nn.Embedding"):
-        find_input_embedding(nn.Linear(2, 2))
+        EmbeddingMixup()._target(nn.Linear(2, 2))
 
 
 # ----------------------------------------------------------------------------- errors

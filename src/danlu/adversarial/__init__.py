@@ -4,7 +4,7 @@ Every class is a drop-in object for a hand-written loop and a :class:`danlu.Tric
 ``danlu.Tricks``; embedding attacks find the input embedding with :func:`find_embedding`.
 """
 
-from danlu.adversarial._embeddings import find_embedding
+from danlu._embeddings import find_embedding
 from danlu.adversarial.attention_noise import AttentionNoise, attention_modules
 from danlu.adversarial.awp import AWP, awp_select
 from danlu.adversarial.fgm import FGM, fgm_delta, grad_rows

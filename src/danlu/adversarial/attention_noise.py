@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from danlu.adversarial._embeddings import check_positive
+from danlu._embeddings import check_positive
 from danlu.core import Order, State, Trick, unwrap_model
 
 __all__ = ["attention_modules", "AttentionNoise"]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from danlu.adversarial._embeddings import check_positive, check_steps
+from danlu._embeddings import check_positive, check_steps
 from danlu.core import Order, State, Trick, unwrap_model
 
 __all__ = ["awp_select", "AWP"]

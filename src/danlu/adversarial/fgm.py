@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from danlu.adversarial._embeddings import Target, check_positive, find_embedding
+from danlu._embeddings import Target, check_positive, find_embedding
 from danlu.core import Order, State, Trick
 
 __all__ = ["accumulate_dtype", "grad_rows", "fgm_delta", "FGM"]

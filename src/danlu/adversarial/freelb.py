@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from danlu.adversarial._embeddings import (
+from danlu._embeddings import (
     Target,
     check_positive,
     check_steps,

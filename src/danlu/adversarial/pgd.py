@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from danlu.adversarial._embeddings import Target, check_positive, check_steps, find_embedding
+from danlu._embeddings import Target, check_positive, check_steps, find_embedding
 from danlu.adversarial.fgm import accumulate_dtype, fgm_delta
 from danlu.core import Order, State, Trick
 

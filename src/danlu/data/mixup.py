@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from danlu._embeddings import find_embedding_module
 from danlu.core import Order, State, Trick, unwrap_model
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "soft_cross_entropy",
     "mixup_cross_entropy",
     "mixing",
-    "find_input_embedding",
     "MixupTrick",
     "EmbeddingMixup",
     "ManifoldMixup",
@@ -311,32 +311,6 @@ def mixing(
         handle.remove()
 
 
-def find_input_embedding(model: nn.Module) -> nn.Module:
-    """``model.get_input_embeddings()`` when it exists, else the single ``nn.Embedding`` with
-    the most rows; raises ``ValueError`` listing the candidates when none or a tie."""
-    model = unwrap_model(model)
-    get = getattr(model, "get_input_embeddings", None)
-    if callable(get):
-        with contextlib.suppress(NotImplementedError):
-            emb = get()
-            if isinstance(emb, nn.Module):
-                return emb
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
-    if not found:
-        raise ValueError(
-            f"{type(model).__name__} has no nn.Embedding and no get_input_embeddings(); pass "
-            "the module to mix explicitly (embedding=...) or use SentenceMixup"
-        )
-    rows = max(m.num_embeddings for _, m in found)
-    top = [(n, m) for n, m in found if m.num_embeddings == rows]
-    if len(top) > 1:
-        raise ValueError(
-            f"several nn.Embedding with {rows} rows: {[n for n, _ in top]}; pass "
-            "embedding='<name>' to choose one"
-        )
-    return top[0][1]
-
-
 def _resolve(model: nn.Module, target: nn.Module | str) -> nn.Module:
     if isinstance(target, nn.Module):
         return target
@@ -484,7 +458,7 @@ class EmbeddingMixup(MixupTrick):
 
     def _target(self, model: nn.Module) -> tuple[nn.Module, Literal["output", "input"]]:
         if self.embedding is None:
-            return find_input_embedding(model), "output"
+            return find_embedding_module(model), "output"
         return _resolve(model, self.embedding), "output"
 
 

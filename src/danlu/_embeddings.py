@@ -1,4 +1,5 @@
-"""Find the input-embedding table an adversarial trick perturbs, and shared checks."""
+"""Find the input embedding that adversarial tricks perturb and embedding mixup hooks, and
+shared argument checks."""
 
 from __future__ import annotations
 
