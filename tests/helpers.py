@@ -94,3 +94,19 @@ def run_ddp(fn, *args, world_size: int = 2) -> None:
     import torch.multiprocessing as mp
 
     mp.spawn(_ddp_entry, args=(world_size, _free_port(), fn, args), nprocs=world_size, join=True)
+
+
+def tiny_bert(seed: int = 0, **overrides):
+    """A tiny randomly initialised ``BertForSequenceClassification`` (2 layers, hidden 16,
+    vocab 50, 3 labels, no dropout unless overridden). Needs transformers: call it after
+    ``pytest.importorskip("transformers")``."""
+    import transformers
+
+    cfg = dict(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=16, num_labels=3,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    return transformers.BertForSequenceClassification(transformers.BertConfig(**cfg))

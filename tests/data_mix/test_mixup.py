@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TinyTextClassifier, loss_fn, make_batch
+from helpers import TinyTextClassifier, loss_fn, make_batch, tiny_bert
 from scipy import stats
 from torch import nn
 
@@ -281,20 +281,8 @@ def test_real_fgm_composes_if_available():
 
 # ----------------------------------------------------------------------------- HF BERT
 def _tiny_bert():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(
-        vocab_size=60,
-        hidden_size=16,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=3,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(0)
-    return transformers.BertForSequenceClassification(cfg).eval()
+    pytest.importorskip("transformers")
+    return tiny_bert(0, vocab_size=60, num_hidden_layers=3, max_position_embeddings=32).eval()
 
 
 def _hf_loss(model, batch):

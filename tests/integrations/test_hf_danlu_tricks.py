@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from helpers import assert_params_close, make_batch
+from helpers import assert_params_close, make_batch, tiny_bert
 
 import danlu
 from danlu.adversarial import AWP, FGM, PGD
@@ -27,16 +27,6 @@ from danlu.integrations.transformers import (  # noqa: E402
 )
 
 LR = 0.5
-
-
-def tiny_bert(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = transformers.BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=16, num_labels=3,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    return transformers.BertForSequenceClassification(cfg)
 
 
 def rows(batch: dict) -> list[dict]:

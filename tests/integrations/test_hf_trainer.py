@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_params_close, make_batch, split_batch
+from helpers import assert_params_close, make_batch, split_batch, tiny_bert
 
 import danlu
 from danlu.core import Order, Trick
@@ -29,16 +29,6 @@ from danlu.integrations.transformers import (  # noqa: E402
 )
 
 LR = 0.5
-
-
-def tiny_bert(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = transformers.BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=16, num_labels=3,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    return transformers.BertForSequenceClassification(cfg)
 
 
 def dataset(batch: dict) -> list[dict]:
