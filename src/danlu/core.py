@@ -345,7 +345,6 @@ class Tricks:
         for trick in self.tricks:
             batch = trick.on_batch(batch, st)
 
-        chain = self.chain(model, loss_fn)
         sync = contextlib.nullcontext()
         if isinstance(model, nn.parallel.DistributedDataParallel) and not st.is_boundary:
             sync = model.no_sync()
@@ -354,25 +353,46 @@ class Tricks:
             scaled = loss * weight
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
 
+        with sync:
+            self.forward_backward(
+                model, batch, loss_fn, backward, lambda: self._autocast(device_type)
+            )
+        if st.is_boundary:
+            self._optimizer_step(model, optimizer, scaler)
+        return st
+
+    def forward_backward(
+        self,
+        model: nn.Module,
+        batch: Any,
+        loss_fn: LossFn,
+        backward: Callable[[torch.Tensor], None],
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> None:
+        """One micro-batch after ``on_batch``: the loss chain under ``autocast()``,
+        ``backward(loss)``, then every ``after_backward(closure, state)`` with a closure that
+        repeats both; records ``state.loss``/``state.logits`` and counts the micro-step.
+
+        ``step`` uses it with the GradScaler backward; integrations that own the backward
+        (HF ``Trainer``, Lightning manual optimisation) pass theirs.
+        """
+        st = self.state
+        chain = self.chain(model, loss_fn)
+
         def closure() -> torch.Tensor:
-            with self._autocast(device_type):
+            with autocast():
                 loss, _ = chain(batch)
             backward(loss)
             return loss.detach()
 
-        with sync:
-            with self._autocast(device_type):
-                loss, logits = chain(batch)
-            backward(loss)
-            st.loss = loss.detach()
-            st.logits = logits.detach() if isinstance(logits, torch.Tensor) else logits
-            for trick in self.tricks:
-                trick.after_backward(closure, st)
-
+        with autocast():
+            loss, logits = chain(batch)
+        backward(loss)
+        st.loss = loss.detach()
+        st.logits = logits.detach() if isinstance(logits, torch.Tensor) else logits
+        for trick in self.tricks:
+            trick.after_backward(closure, st)
         st.micro_step += 1
-        if st.is_boundary:
-            self._optimizer_step(model, optimizer, scaler)
-        return st
 
     def _micro_weight(self, num_items: int | float | None) -> float:
         if num_items is None:

@@ -231,21 +231,10 @@ def manual_step(module: Any, batch: Any, loss_fn: LossFn) -> State:
     st.stepped = False
     for trick in tricks:
         batch = trick.on_batch(batch, st)
-    chain = tricks.chain(module, loss_fn)
     weight = 1.0 / tricks.accumulate
-
-    def closure() -> torch.Tensor:
-        loss, _ = chain(batch)
-        module.manual_backward(loss * weight)
-        return loss.detach()
-
-    loss, logits = chain(batch)
-    module.manual_backward(loss * weight)
-    st.loss = loss.detach()
-    st.logits = logits.detach() if isinstance(logits, torch.Tensor) else logits
-    for trick in tricks:
-        trick.after_backward(closure, st)
-    st.micro_step += 1
+    tricks.forward_backward(
+        module, batch, loss_fn, lambda loss: module.manual_backward(loss * weight)
+    )
     if st.is_boundary:
         optimizer.step()
         callback._after_optimizer_step(module.trainer)

@@ -226,7 +226,6 @@ class TricksMixin:
                 logits = outputs.get("logits") if isinstance(outputs, dict) else None
                 return loss, logits
 
-            chain = self.tricks.chain(model, hf_loss)
             backward_kwargs = {}
             if self.accelerator.distributed_type == "DEEPSPEED":
                 backward_kwargs["scale_wrt_gas"] = False
@@ -234,20 +233,9 @@ class TricksMixin:
             def backward(loss: torch.Tensor) -> None:
                 self.accelerator.backward(loss * weight, **backward_kwargs)
 
-            def closure() -> torch.Tensor:
-                with self.compute_loss_context_manager():
-                    loss, _ = chain(inputs)
-                backward(loss)
-                return loss.detach()
-
-            with self.compute_loss_context_manager():
-                loss, logits = chain(inputs)
-            backward(loss)
-            st.loss = loss.detach()
-            st.logits = logits.detach() if isinstance(logits, torch.Tensor) else None
-            for trick in self.tricks:
-                trick.after_backward(closure, st)
-            st.micro_step += 1
+            self.tricks.forward_backward(
+                model, inputs, hf_loss, backward, self.compute_loss_context_manager
+            )
             return (st.loss * weight).to(self.args.device)
 
     def _micro_weight(self, inputs: dict[str, Any], num_items_in_batch) -> float:
