@@ -1,13 +1,20 @@
-"""manual_step under Lightning's 2-process CPU DDP (``ddp_spawn``, gloo): one FGM step on
-4 + 4 examples equals the custom loop on the batch of 8."""
+"""manual_step under Lightning's 2-process CPU DDP (gloo): one FGM step on 4 + 4 examples
+equals the custom loop on the batch of 8.
+
+The two processes come from ``helpers.run_ddp`` (which owns the process group and destroys
+it cleanly) and present themselves to Lightning as a torchelastic launch, so Lightning's
+``ddp`` strategy joins the existing group instead of spawning its own processes. Lightning's
+own ``ddp_spawn`` launcher occasionally aborts a worker at interpreter exit ("terminate called
+without an active exception") because it never destroys its gloo group."""
 
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
-from helpers import TinyTextClassifier, assert_params_close, loss_fn, make_batch
+from helpers import TinyTextClassifier, assert_params_close, loss_fn, make_batch, run_ddp
 
 import danlu
 from danlu.adversarial import FGM
@@ -18,7 +25,7 @@ L = pytest.importorskip(
 from danlu.integrations.lightning import DanluCallback, manual_step  # noqa: E402
 
 LR = 0.5
-pytestmark = pytest.mark.filterwarnings("ignore")  # spawn / worker-count chatter
+pytestmark = pytest.mark.filterwarnings("ignore")  # worker-count chatter
 
 
 def _net_loss(module, batch):
@@ -37,20 +44,36 @@ class ManualClassifier(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=LR)
 
 
-def test_manual_fgm_under_ddp_equals_one_process():
+def _rows():
     batch = make_batch(n=8, seed=3)
-    rows = [{k: v[i] for k, v in batch.items()} for i in range(8)]
+    return batch, [{k: v[i] for k, v in batch.items()} for i in range(8)]
+
+
+def _fit_on_rank(rank: int, world: int, out: str) -> None:
+    os.environ.update(
+        TORCHELASTIC_RUN_ID="danlu-test", RANK=str(rank), LOCAL_RANK=str(rank),
+        GROUP_RANK="0", WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+    )  # fmt: skip
     torch.manual_seed(0)
     net = TinyTextClassifier()
-    ref = copy.deepcopy(net)
-    module = ManualClassifier(net)
     trainer = L.Trainer(
-        max_steps=1, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+        max_steps=1, accelerator="cpu", devices=world, strategy="ddp", logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[DanluCallback([FGM(net, eps=1.0)])],
-    )
+    )  # fmt: skip
     # Lightning shards the loader with a DistributedSampler: rows 0,2,4,6 and 1,3,5,7
-    trainer.fit(module, torch.utils.data.DataLoader(rows, batch_size=4, shuffle=False))
+    loader = torch.utils.data.DataLoader(_rows()[1], batch_size=4, shuffle=False)
+    trainer.fit(ManualClassifier(net), loader)
+    torch.save(net.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+
+
+def test_manual_fgm_under_ddp_equals_one_process(tmp_path):
+    run_ddp(_fit_on_rank, str(tmp_path))
+    torch.manual_seed(0)
+    ref = TinyTextClassifier()
     opt = torch.optim.SGD(ref.parameters(), lr=LR)
-    danlu.Tricks([FGM(ref, eps=1.0)]).step(ref, opt, batch, loss_fn)
-    assert_params_close(module.net, ref, atol=1e-6)  # rank 0's weights, sent back by spawn
+    danlu.Tricks([FGM(ref, eps=1.0)]).step(ref, opt, _rows()[0], loss_fn)
+    for rank in range(2):
+        got = copy.deepcopy(ref)
+        got.load_state_dict(torch.load(tmp_path / f"rank{rank}.pt"))
+        assert_params_close(got, ref, atol=1e-6)
