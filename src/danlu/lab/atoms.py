@@ -1,0 +1,223 @@
+"""Combo atoms: the named tricks the lab can stack (``fgm+ema``), each a small recipe with
+fixed, documented defaults.
+
+An :class:`Atom` contributes any of: a :class:`danlu.Trick` built for the run
+(``make_trick``), an augmentation of the training texts (``augment``; such atoms take more
+optimizer steps, so the lab adds a step-matched base), optimizer param groups
+(``param_groups``), or averaged weights to evaluate with (``eval_weights``).
+
+Example:
+    >>> [a.name for a in parse_combo("fgm+ema")]
+    ['fgm', 'ema']
+    >>> canonical_combo("ema+fgm")
+    'fgm+ema'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from danlu.core import Trick
+from danlu.datasets import TextDataset
+from danlu.lab.task import Task
+
+__all__ = ["Atom", "RunContext", "ATOMS", "parse_combo", "canonical_combo", "step_key"]
+
+
+@dataclass
+class RunContext:
+    """What an atom sees when it builds its trick: the run's model, optimizer and sizes."""
+
+    task: Task
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None
+    seed: int
+    n_train: int
+    epochs: int
+    steps_per_epoch: int
+
+
+@dataclass(frozen=True)
+class Atom:
+    """One stackable trick of the lab.
+
+    Args:
+        name: the combo token (``fgm``).
+        help: one line for ``danlu lab tricks``.
+        family: at most one atom per family in a stack (``adversarial``, ``loss``,
+            ``weights``, ``data``, ``optim``, ``regulariser``); ``regulariser`` atoms stack
+            freely.
+        make_trick: ``make_trick(ctx) -> Trick``.
+        augment: ``augment(train, task, seed) -> train`` (more examples → more steps).
+        param_groups: ``param_groups(model, task) -> groups`` for AdamW.
+        eval_weights: ``eval_weights(trick, model)``: a context manager yielding the module
+            to evaluate (averaged weights).
+    """
+
+    name: str
+    help: str
+    family: str
+    make_trick: Callable[[RunContext], Trick] | None = None
+    augment: Callable[[TextDataset, Task, int], TextDataset] | None = None
+    param_groups: Callable[[nn.Module, Task], list[dict[str, Any]]] | None = None
+    eval_weights: Callable[[Trick, nn.Module], contextlib.AbstractContextManager] | None = None
+
+
+def _fgm(ctx: RunContext) -> Trick:
+    from danlu.adversarial import FGM
+
+    return FGM(ctx.model, eps=1.0)
+
+
+def _pgd(ctx: RunContext) -> Trick:
+    from danlu.adversarial import PGD
+
+    return PGD(ctx.model, eps=1.0, alpha=0.3, steps=3)
+
+
+def _rdrop(ctx: RunContext) -> Trick:
+    from danlu.loss import RDrop
+
+    return RDrop(alpha=1.0)
+
+
+def _ema(ctx: RunContext) -> Trick:
+    from danlu.optim import EMA
+
+    return EMA(ctx.model, decay=0.99, warmup=True)
+
+
+def _ema_weights(trick: Trick, model: nn.Module) -> contextlib.AbstractContextManager:
+    return trick.averaged()  # type: ignore[attr-defined]
+
+
+def _swa(ctx: RunContext) -> Trick:
+    from danlu.optim import SWA
+
+    return SWA(ctx.model, start_epoch=max(1, math.ceil(0.75 * ctx.epochs)))
+
+
+@contextlib.contextmanager
+def _swa_weights(trick: Trick, model: nn.Module) -> Iterator[nn.Module]:
+    averaged = trick.averaged  # type: ignore[attr-defined]
+    yield averaged.module if int(averaged.n_averaged) > 0 else model
+
+
+def _mixup(ctx: RunContext) -> Trick:
+    from danlu.data.mixup import EmbeddingMixup
+
+    return EmbeddingMixup(alpha=0.4, seed=ctx.seed)
+
+
+def _focal(ctx: RunContext) -> Trick:
+    from danlu.loss import Focal
+
+    return Focal(gamma=2.0)
+
+
+def _smooth(ctx: RunContext) -> Trick:
+    from danlu.loss import LabelSmoothing
+
+    return LabelSmoothing(0.1)
+
+
+def _eda(train: TextDataset, task: Task, seed: int) -> TextDataset:
+    from danlu.data.augment import augment
+    from danlu.data.eda import EDA, eda_params
+
+    alpha, n_aug = eda_params(len(train))
+    eda = EDA(alpha, alpha, alpha, alpha, n_aug=n_aug, lang=task.lang)
+    out = augment(train.texts, train.labels, eda, seed=seed, progress=False)
+    return TextDataset(out.texts, out.labels, train.label_names)
+
+
+def decay_groups(model: nn.Module, task: Task, decay: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and norm weights; lr decayed by layer depth
+    when ``decay < 1`` (``decay=1``: the base's groups, one lr)."""
+    from danlu.optim import layer_decay_groups
+
+    depth_fn = task.depth_fn if decay < 1.0 else (lambda name: 0)
+    return layer_decay_groups(model, task.lr, decay, task.weight_decay, depth_fn=depth_fn)
+
+
+def _layer_decay(model: nn.Module, task: Task) -> list[dict[str, Any]]:
+    return decay_groups(model, task, decay=0.8)
+
+
+ATOMS: dict[str, Atom] = {
+    a.name: a
+    for a in (
+        Atom("base", "no trick: AdamW, linear warmup/decay, clipping (every combo has these)", "base"),
+        Atom("eda", "EDA (Wei & Zou 2019) with the paper's alpha/n_aug for the train size", "data",
+             augment=_eda),
+        Atom("mixup", "embedding mixup, alpha 0.4", "loss", make_trick=_mixup),
+        Atom("fgm", "FGM on the input embedding, eps 1.0 (~2x a step)", "adversarial",
+             make_trick=_fgm),
+        Atom("pgd", "PGD on the input embedding, eps 1.0, alpha 0.3, 3 steps (~4x a step)",
+             "adversarial", make_trick=_pgd),
+        Atom("rdrop", "R-Drop, two dropout passes + symmetric KL, alpha 1.0 (~2x a step)",
+             "regulariser", make_trick=_rdrop),
+        Atom("focal", "focal loss, gamma 2", "loss", make_trick=_focal),
+        Atom("smooth", "label smoothing 0.1", "loss", make_trick=_smooth),
+        Atom("ld", "layer-wise lr decay 0.8 (needs Task.depth_fn or an HF encoder)", "optim",
+             param_groups=_layer_decay),
+        Atom("ema", "EMA of the weights, decay 0.99 with warmup; evaluated with EMA weights",
+             "weights", make_trick=_ema, eval_weights=_ema_weights),
+        Atom("swa", "SWA (torch swa_utils) over the last quarter of the epochs; evaluated "
+             "with the averaged weights", "weights", make_trick=_swa, eval_weights=_swa_weights),
+    )
+}  # fmt: skip
+
+
+def parse_combo(combo: str, atoms: dict[str, Atom] | None = None) -> list[Atom]:
+    """The atoms of ``"fgm+ema"``, in registry order; ``"base"`` is the empty stack.
+
+    Raises ValueError for an unknown atom (listing the known ones), a repeated atom,
+    ``base`` inside a stack, or two atoms of one family (e.g. ``focal+smooth``)."""
+    atoms = ATOMS if atoms is None else atoms
+    if not isinstance(combo, str) or not combo.strip():
+        raise ValueError(f"a combo must be a non-empty string like 'fgm+ema', got {combo!r}")
+    names = [n.strip() for n in combo.split("+")]
+    unknown = [n for n in names if n not in atoms]
+    if unknown:
+        raise ValueError(
+            f"unknown trick {unknown[0]!r} in combo {combo!r}; known: {', '.join(atoms)}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"combo {combo!r} names a trick twice")
+    if names == ["base"]:
+        return []
+    if "base" in names:
+        raise ValueError(
+            f"'base' is the empty stack and cannot be stacked: write {combo.replace('base+', '').replace('+base', '')!r}"
+        )
+    picked = [a for a in atoms.values() if a.name in names]
+    seen: dict[str, str] = {}
+    for a in picked:
+        if a.family != "regulariser" and a.family in seen:
+            raise ValueError(
+                f"combo {combo!r} stacks {seen[a.family]!r} and {a.name!r}, two {a.family} "
+                "tricks: pick one"
+            )
+        seen[a.family] = a.name
+    return picked
+
+
+def canonical_combo(combo: str, atoms: dict[str, Atom] | None = None) -> str:
+    """``combo`` with its atoms in registry order (``ema+fgm`` → ``fgm+ema``)."""
+    picked = parse_combo(combo, atoms)
+    return "+".join(a.name for a in picked) or "base"
+
+
+def step_key(combo: str, atoms: dict[str, Atom] | None = None) -> str | None:
+    """The data atoms of ``combo`` that change its number of optimizer steps (``"eda"``),
+    or None when it takes as many steps as base."""
+    data = [a.name for a in parse_combo(combo, atoms) if a.augment is not None]
+    return "+".join(data) or None

