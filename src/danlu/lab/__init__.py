@@ -1,0 +1,1 @@
+"""danlu.lab: measure whether a trick, or a stack of tricks, really helps."""
