@@ -330,8 +330,9 @@ def _table_markdown(table: Table, report: Report) -> list[str]:
             lines.append([*lead, *cells, *(cost if i == 0 else ["", "", ""])])
             sentences.append(
                 f"- **{row.combo}** vs {c.baseline}: {c.verdict} (Δ {_num(d.mean, s, True)}"
-                f"{unit}, 95% bootstrap CI [{_num(d.boot_low, s, True)}, "
-                f"{_num(d.boot_high, s, True)}], p {_p_is(d.p)}, Holm p {_p_is(c.p_holm)}, "
+                f"{unit}, 95% CI bootstrap [{_num(d.boot_low, s, True)}, "
+                f"{_num(d.boot_high, s, True)}], t [{_num(d.ci_low, s, True)}, "
+                f"{_num(d.ci_high, s, True)}], p {_p_is(d.p)}, Holm p {_p_is(c.p_holm)}, "
                 f"n = {d.n} seeds)"
             )
     out = [f"## {report.task}, {size}", "", *_grid(header, lines), ""]
@@ -357,10 +358,12 @@ HOW_TO_READ = (
     "**How to read this.** Each cell is one fine-tune with one seed; the model is selected on "
     "a dev split and scored once on the test split. The same seed gives every combo the same "
     "data split and order, so each combo is compared with base *paired by seed*: Δ is the mean "
-    "of the per-seed differences, with a 95% bootstrap CI over seeds. p is a paired t-test; "
+    "of the per-seed differences, with a 95% bootstrap CI over seeds in the table (the verdict lines add the t interval: "
+    "with few seeds the bootstrap interval is too narrow, trust the wider one). p is a paired "
+    "t-test; "
     'Holm\'s correction (in brackets) keeps the chance of any false "helps"/"hurts" in a '
-    "table at 5%. A verdict needs Holm p < 0.05; otherwise the effect, if any, is smaller "
-    "than the seed-to-seed noise at this many seeds (run more seeds to see smaller effects). "
+    "table at 5%. A verdict needs Holm p < 0.05; otherwise any effect cannot be told apart "
+    "from the seed-to-seed noise at this many seeds (more seeds can resolve smaller effects). "
     "Combos that take more optimizer steps than base are also compared with a base trained for "
     "the same number of steps: a gain that disappears there came from the extra steps, not the "
     "trick. time ×, mem × and steps × are ratios of means against base."
