@@ -379,7 +379,7 @@ def render_markdown(report: Report) -> str:
         f"# danlu lab: {report.task}",
         "",
         f"Metric: test {report.metric}{unit}, model selected on dev. "
-        f"{len(report.seeds)} seeds ({seeds}), {report.n_cells} cells.",
+        f"{len(report.seeds)} seed{'s' if len(report.seeds) > 1 else ''} ({seeds}), {report.n_cells} cells.",
         "",
     ]
     if report.smoke:
