@@ -262,3 +262,18 @@ def test_single_seed_report_has_no_nan_and_no_verdict():
     md = render_markdown(build_report([r for r in grid() if r["seed"] == 0]))
     assert "no verdict from one seed" in md and "nan" not in md and "1 seed (0)" in md
     assert not any(f"| {word} " in md or f": {word} (" in md for word in ("helps", "hurts"))
+
+
+def test_no_interaction_without_every_single_and_unpaired_flags():
+    no_ema = {k: v for k, v in ARMS.items() if k != "ema"}
+    assert build_report(grid(arms=no_ema)).tables[0].interactions == ()
+    records = grid() + [rec("swa", 7, 0.8)]  # a seed base never ran
+    table = build_report(records).tables[0]
+    assert "swa shares no seed with base: no paired comparison" in table.flags
+    assert [r.comparisons for r in table.rows if r.combo == "swa"] == [()]
+
+
+def test_smoke_runs_are_labelled():
+    md = render_markdown(build_report([dict(r, smoke=True) for r in grid()]))
+    assert "**Smoke run**" in md
+    assert "Smoke" not in render_markdown(build_report(grid()))

@@ -60,7 +60,7 @@ class Row:
 
     @property
     def label(self) -> str:
-        return f"base ({self.match} steps)" if self.match else self.combo
+        return f"base (step-matched to {self.match})" if self.match else self.combo
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,10 @@ class Report:
     tables: tuple[Table, ...]
 
 
+_COST = ("wall_s", "peak_mem_mb", "steps")  # the ratio columns, in Row order
+Cells = dict[tuple[str, str | None], dict[int, dict]]  # (combo, match) -> {seed: record}
+
+
 def _ratio(num: list[float], den: list[float]) -> float:
     d = float(np.mean(den))
     return float(np.mean(num)) / d if d > 0 else math.nan
@@ -112,9 +116,9 @@ def _metric(record: dict, metric: str) -> float:
     return float(record["metrics"][metric])
 
 
-def _group(records: list[dict]) -> dict[tuple[str, str | None], dict[int, dict]]:
+def _group(records: list[dict]) -> Cells:
     """(combo, match) -> {seed: record}, base first, step-matched bases next, then others."""
-    cells: dict[tuple[str, str | None], dict[int, dict]] = {}
+    cells: Cells = {}
     for r in records:
         by_seed = cells.setdefault((r["combo"], r.get("match")), {})
         if r["seed"] in by_seed:
@@ -152,6 +156,48 @@ def _interaction_words(stack: str, singles: tuple[str, ...], best: str, d: Delta
     return f"{stack}: no detectable difference from the better single, {best} (n={d.n} seeds)"
 
 
+def _comparisons(cells: Cells, metric: str, flags: list[str]) -> dict[tuple, list[Comparison]]:
+    """Every combo vs base and vs its step-matched base, Holm-adjusted as one family."""
+    pending: list[tuple[tuple[str, str | None], str, Delta]] = []
+    for (combo, match), by_seed in cells.items():
+        if combo == "base":
+            continue
+        baselines = [("base", cells[("base", None)])]
+        for key in dict.fromkeys(r.get("steps_match") for r in by_seed.values()):
+            if key is not None and ("base", key) not in cells:
+                flags.append(f"{combo} takes more steps ({key}) but no step-matched base was run")
+            elif key is not None:
+                matched = cells[("base", key)]
+                baselines.append((f"base (step-matched, {_steps_label(matched)} steps)", matched))
+        for label, other in baselines:
+            delta = _pair(by_seed, other, metric)
+            if delta is None:
+                flags.append(f"{combo} shares no seed with {label}: no paired comparison")
+            else:
+                pending.append(((combo, match), label, delta))
+    out: dict[tuple, list[Comparison]] = {}
+    for (key, label, d), p in zip(pending, holm([d.p for *_, d in pending])):
+        out.setdefault(key, []).append(Comparison(label, d, p, verdict(d.mean, p, d.n)))
+    return out
+
+
+def _interactions(cells: Cells, rows: list[Row], metric: str) -> tuple[Interaction, ...]:
+    """Each stack whose atoms all ran alone vs its better single (by mean), Holm over stacks."""
+    means = {row.combo: row.summary.mean for row in rows if row.match is None}
+    stacks = []
+    for combo, match in cells:
+        singles = tuple(combo.split("+"))
+        if match is None and len(singles) > 1 and all(s in means for s in singles):
+            best = max(singles, key=means.__getitem__)
+            delta = _pair(cells[(combo, None)], cells[(best, None)], metric)
+            if delta is not None:
+                stacks.append((combo, singles, best, delta))
+    return tuple(
+        Interaction(s, singles, best, d, p, _interaction_words(s, singles, best, d, p))
+        for (s, singles, best, d), p in zip(stacks, holm([d.p for *_, d in stacks]))
+    )
+
+
 def _table(n_train: int | None, records: list[dict], metric: str) -> Table:
     cells = _group(records)
     if ("base", None) not in cells:
@@ -159,67 +205,16 @@ def _table(n_train: int | None, records: list[dict], metric: str) -> Table:
         raise ValueError(
             f"no 'base' cells for {where}: every verdict is against base; add base to --combos"
         )
-    base = cells[("base", None)]
+    base = list(cells[("base", None)].values())
     flags: list[str] = []
-    pending: list[tuple[tuple[str, str | None], str, Delta]] = []
-    for (combo, match), by_seed in cells.items():
-        if combo == "base":
-            continue
-        baselines = [("base", base)]
-        for key in dict.fromkeys(r.get("steps_match") for r in by_seed.values()):
-            if key is None:
-                continue
-            if ("base", key) not in cells:
-                flags.append(f"{combo} takes more steps ({key}) but no step-matched base was run")
-                continue
-            matched = cells[("base", key)]
-            baselines.append((f"base (step-matched, {_steps_label(matched)} steps)", matched))
-        for label, other in baselines:
-            delta = _pair(by_seed, other, metric)
-            if delta is None:
-                flags.append(f"{combo} shares no seed with {label}: no paired comparison")
-            else:
-                pending.append(((combo, match), label, delta))
-    p_holm = holm([d.p for _, _, d in pending])
-    comparisons: dict[tuple[str, str | None], list[Comparison]] = {}
-    for (key, label, d), p in zip(pending, p_holm):
-        comparisons.setdefault(key, []).append(Comparison(label, d, p, verdict(d.mean, p, d.n)))
-
-    base_r = list(base.values())
+    comparisons = _comparisons(cells, metric, flags)
     rows = []
     for (combo, match), by_seed in cells.items():
         rs = list(by_seed.values())
-        rows.append(
-            Row(
-                combo,
-                match,
-                summarize([_metric(r, metric) for r in rs]),
-                tuple(comparisons.get((combo, match), ())),
-                _ratio([r["wall_s"] for r in rs], [r["wall_s"] for r in base_r]),
-                _ratio([r["peak_mem_mb"] for r in rs], [r["peak_mem_mb"] for r in base_r]),
-                _ratio([r["steps"] for r in rs], [r["steps"] for r in base_r]),
-            )
-        )
-
-    stacks = []
-    for combo, match in cells:
-        singles = tuple(combo.split("+"))
-        if match is None and len(singles) > 1 and all((s, None) in cells for s in singles):
-            means = [
-                next(r.summary.mean for r in rows if r.combo == s and r.match is None)
-                for s in singles
-            ]
-            best = singles[int(np.argmax(means))]
-            delta = _pair(cells[(combo, None)], cells[(best, None)], metric)
-            if delta is not None:
-                stacks.append((combo, singles, best, delta))
-    p_stack = holm([d.p for *_, d in stacks])
-    interactions = tuple(
-        Interaction(s, singles, best, d, p, _interaction_words(s, singles, best, d, p))
-        for (s, singles, best, d), p in zip(stacks, p_stack)
-    )
-
-    known = [r for r in base_r if r.get("best_epoch") is not None and r["epochs"]]
+        ratios = [_ratio([r[k] for r in rs], [r[k] for r in base]) for k in _COST]
+        summary = summarize([_metric(r, metric) for r in rs])
+        rows.append(Row(combo, match, summary, tuple(comparisons.get((combo, match), ())), *ratios))
+    known = [r for r in base if r.get("best_epoch") is not None and r["epochs"]]
     still = sum(r["best_epoch"] == len(r["epochs"]) for r in known)
     if still:
         flags.insert(
@@ -227,7 +222,7 @@ def _table(n_train: int | None, records: list[dict], metric: str) -> Table:
             f"base was still improving at its last epoch in {still} of {len(known)} seeds: "
             "train longer (--epochs)",
         )
-    return Table(n_train, tuple(rows), interactions, tuple(flags))
+    return Table(n_train, tuple(rows), _interactions(cells, rows, metric), tuple(flags))
 
 
 def build_report(records: list[dict], metric: str = "accuracy") -> Report:
