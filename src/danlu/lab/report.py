@@ -390,7 +390,7 @@ def render_markdown(report: Report) -> str:
 
 def _figure(n_panels: int, height: float):
     figure = require("matplotlib.figure", "lab", "the lab plots").Figure
-    fig = figure(figsize=(7, max(2.5, height)), layout="constrained")
+    fig = figure(figsize=(9, max(2.5, height)), layout="constrained")
     return fig, np.atleast_1d(fig.subplots(n_panels, 1, squeeze=False)[:, 0])
 
 
@@ -402,53 +402,65 @@ def _title(table: Table) -> str:
     return "full training pool" if table.n_train is None else f"n_train = {table.n_train}"
 
 
+def _err(d: Delta, low: float, high: float, scale: float) -> list[list[float]] | None:
+    """Asymmetric error-bar lengths of the interval [low, high] around d.mean (None: n < 2)."""
+    if d.n < 2:
+        return None
+    return [[max(0.0, (d.mean - low) * scale)], [max(0.0, (high - d.mean) * scale)]]
+
+
 def plot_deltas(report: Report, path: str | os.PathLike) -> None:
-    """Paired deltas vs base with 95% bootstrap CI bars, one panel per n_train, zero line."""
+    """Paired deltas per comparison, one panel per n_train, zero line: thick bars are the 95%
+    bootstrap CI of the table, thin bars the 95% t CI (wider, and more honest, at few seeds)."""
     colors = {"helps": "tab:green", "hurts": "tab:red"}
     n = sum(max(1, sum(len(r.comparisons) for r in t.rows)) for t in report.tables)
     fig, axes = _figure(len(report.tables), 0.9 + 0.4 * n)
     for ax, table in zip(axes, report.tables):
         items = [(row, c) for row in table.rows for c in row.comparisons]
         for y, (_, c) in enumerate(reversed(items)):
-            d, s = c.delta, report.scale
-            err = [[max(0.0, (d.mean - d.boot_low) * s)], [max(0.0, (d.boot_high - d.mean) * s)]]
+            d, s, color = c.delta, report.scale, colors.get(c.verdict, "tab:gray")
+            x = d.mean * s
             ax.errorbar(
-                d.mean * s,
+                x,
                 y,
-                xerr=None if d.n < 2 else err,
-                fmt="o",
-                capsize=4,
-                color=colors.get(c.verdict, "tab:gray"),
+                xerr=_err(d, d.ci_low, d.ci_high, s),
+                fmt="none",
+                color=color,
+                linewidth=0.8,
+                capsize=3,
+            )
+            ax.errorbar(
+                x, y, xerr=_err(d, d.boot_low, d.boot_high, s), fmt="o", color=color, linewidth=3
             )
         ax.set_yticks(range(len(items)))
         ax.set_yticklabels([f"{r.combo} vs {c.baseline}" for r, c in reversed(items)])
         ax.axvline(0.0, color="black", linewidth=0.8)
-        ax.set_title(f"{report.task}, {_title(table)}: paired Δ vs baseline")
-        ax.set_xlabel(f"Δ {report.metric}{_unit(report)}, 95% bootstrap CI over seeds")
+        ax.set_title(f"{report.task}, {_title(table)}: paired Δ (green helps, red hurts)")
+        ax.set_xlabel(f"Δ {report.metric}{_unit(report)}; 95% CI: thick bootstrap, thin t")
     fig.savefig(path, dpi=100)
 
 
 def plot_cost(report: Report, path: str | os.PathLike) -> None:
-    """Delta vs base against the wall-time ratio, one labelled point per combo."""
+    """Delta vs base (95% t CI bars) against the wall-time ratio, one labelled point per combo."""
     fig, axes = _figure(len(report.tables), 3.5 * len(report.tables))
     for ax, table in zip(axes, report.tables):
         for row in table.rows:
             vs_base = [c for c in row.comparisons if c.baseline == "base"]
             if vs_base and not math.isnan(row.time_ratio):
                 d, s = vs_base[0].delta, report.scale
-                err = (
-                    None if d.n < 2 else [[(d.mean - d.boot_low) * s], [(d.boot_high - d.mean) * s]]
-                )
-                y = d.mean * s
-                ax.errorbar(row.time_ratio, y, yerr=err, fmt="o", capsize=3, color="tab:blue")
+                err = _err(d, d.ci_low, d.ci_high, s)
+                ax.errorbar(row.time_ratio, d.mean * s, yerr=err, fmt="o", capsize=3)
                 ax.annotate(
-                    row.combo, (row.time_ratio, y), textcoords="offset points", xytext=(5, 5)
+                    row.combo,
+                    (row.time_ratio, d.mean * s),
+                    textcoords="offset points",
+                    xytext=(5, 5),
                 )
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.axvline(1.0, color="gray", linewidth=0.8, linestyle="--")
         ax.set_title(f"{report.task}, {_title(table)}: gain vs cost")
         ax.set_xlabel("wall time × base")
-        ax.set_ylabel(f"Δ {report.metric} vs base{_unit(report)}")
+        ax.set_ylabel(f"Δ {report.metric} vs base{_unit(report)}, 95% t CI")
         ax.margins(x=0.2, y=0.15)
     fig.savefig(path, dpi=100)
 
