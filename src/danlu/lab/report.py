@@ -353,15 +353,15 @@ HOW_TO_READ = (
     "**How to read this.** Each cell is one fine-tune with one seed; the model is selected on "
     "a dev split and scored once on the test split. The same seed gives every combo the same "
     "data split and order, so each combo is compared with base *paired by seed*: Δ is the mean "
-    "of the per-seed differences, with a 95% bootstrap CI over seeds in the table (the verdict lines add the t interval: "
-    "with few seeds the bootstrap interval is too narrow, trust the wider one). p is a paired "
-    "t-test; "
-    'Holm\'s correction (in brackets) keeps the chance of any false "helps"/"hurts" in a '
-    "table at 5%. A verdict needs Holm p < 0.05; otherwise any effect cannot be told apart "
-    "from the seed-to-seed noise at this many seeds (more seeds can resolve smaller effects). "
-    "Combos that take more optimizer steps than base are also compared with a base trained for "
-    "the same number of steps: a gain that disappears there came from the extra steps, not the "
-    "trick. time ×, mem × and steps × are ratios of means against base."
+    "of the per-seed differences. The table gives its 95% bootstrap CI over seeds; the verdict "
+    "lines add the t interval (with few seeds the bootstrap interval is too narrow: trust the "
+    "wider one). p is a paired t-test; Holm's correction (in parentheses) keeps the chance of "
+    'any false "helps"/"hurts" in a table at 5%. A verdict needs Holm p < 0.05; otherwise any '
+    "effect cannot be told apart from the seed-to-seed noise at this many seeds (more seeds "
+    "resolve smaller effects). Combos that take more optimizer steps than base are also "
+    "compared with a base trained for the same number of steps: a gain that disappears there "
+    "came from the extra steps, not the trick. time ×, mem × and steps × are ratios of means "
+    "against base."
 )
 
 
@@ -374,7 +374,8 @@ def render_markdown(report: Report) -> str:
         f"# danlu lab: {report.task}",
         "",
         f"Metric: test {report.metric}{unit}, model selected on dev. "
-        f"{len(report.seeds)} seed{'s' if len(report.seeds) > 1 else ''} ({seeds}), {report.n_cells} cells.",
+        f"{len(report.seeds)} seed{'s' * (len(report.seeds) > 1)} ({seeds}), "
+        f"{report.n_cells} cells.",
         "",
     ]
     if report.smoke:
@@ -388,10 +389,11 @@ def render_markdown(report: Report) -> str:
     return "\n".join([*out, HOW_TO_READ, ""])
 
 
-def _figure(n_panels: int, height: float):
+def _figure(n_panels: int, height: float) -> tuple:
+    """A matplotlib Figure (no pyplot, so no global backend state) and its column of axes."""
     figure = require("matplotlib.figure", "lab", "the lab plots").Figure
     fig = figure(figsize=(9, max(2.5, height)), layout="constrained")
-    return fig, np.atleast_1d(fig.subplots(n_panels, 1, squeeze=False)[:, 0])
+    return fig, fig.subplots(n_panels, 1, squeeze=False)[:, 0]
 
 
 def _unit(report: Report) -> str:
