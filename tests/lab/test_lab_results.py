@@ -136,4 +136,3 @@ def test_validate_record_names_missing_keys_and_rejects_non_dicts():
         validate_record(r)
     with pytest.raises(TypeError, match="must be a dict"):
         validate_record([1, 2])
-
