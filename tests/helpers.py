@@ -110,3 +110,44 @@ def tiny_bert(seed: int = 0, **overrides):
     cfg.update(overrides)
     torch.manual_seed(seed)
     return transformers.BertForSequenceClassification(transformers.BertConfig(**cfg))
+
+
+def _toy_lab_data(n_pool: int = 160, n_test: int = 60, seed: int = 0):
+    import random
+
+    from danlu.datasets import TextDataset
+
+    rng = random.Random(seed)
+    filler = "电影 剧情 演员 音乐 故事 画面 今天 我们 觉得 这部".split()
+
+    def example(i: int) -> tuple[str, int]:
+        label = i % 2
+        cue = rng.choice(["好看 精彩 喜欢", "难看 无聊 失望"][label].split())
+        words = [rng.choice(filler) for _ in range(rng.randint(3, 7))] + [cue]
+        rng.shuffle(words)
+        return "".join(words), 1 - label
+
+    rows = [example(i) for i in range(n_pool + n_test)]
+    names = ("neg", "pos")
+    pool = TextDataset([t for t, _ in rows[:n_pool]], [y for _, y in rows[:n_pool]], names)
+    test = TextDataset([t for t, _ in rows[n_pool:]], [y for _, y in rows[n_pool:]], names)
+    return pool, test
+
+
+def _toy_lab_build(train_texts, n_classes):
+    from danlu.lab.models import TextCNN, TokenEncoder
+
+    enc = TokenEncoder.fit(train_texts, unit="char", max_len=24, min_freq=1)
+    return TextCNN(enc.vocab_size, dim=8, filters=8, n_classes=n_classes), enc
+
+
+def toy_lab_task(name: str = "toy", **overrides):
+    """A tiny synthetic Chinese sentiment task for the lab (160 pool / 60 test examples, a
+    TextCNN of a few hundred parameters): picklable, so it also runs in worker processes."""
+    from danlu.lab.models import TextCNN
+    from danlu.lab.task import Task
+
+    kwargs = dict(data=_toy_lab_data, build=_toy_lab_build, lang="zh", epochs=3,
+                  batch_size=16, lr=1e-2, depth_fn=TextCNN.depth)  # fmt: skip
+    kwargs.update(overrides)
+    return Task(name, **kwargs)

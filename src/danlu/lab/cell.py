@@ -109,10 +109,10 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
     every combo sees the same examples in the same order (augmented copies aside). The model
     is selected on dev (best epoch, ties → earlier); the test split is read once, at the end.
     """
-    start, mem0 = time.perf_counter(), _rss_mb()
     atoms = ATOMS if atoms is None else atoms
     stack = parse_combo(cell.combo, atoms)
     pool, test = task.load()
+    start, mem0 = time.perf_counter(), _rss_mb()  # the cell's own cost, not the data load
     n_classes = len(pool.label_names)
     train, dev = split_for_seed(pool, cell.n_train, task.dev_fraction, cell.seed)
     data = _train_data(task, stack, train, cell.seed)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -132,10 +133,15 @@ def _run_ray(task, cells, atoms, workers: int, address: str | None) -> Iterator[
     ray = require("ray", "ray", "--executor ray")
     started = not ray.is_initialized()
     if started:
-        if address is None:
+        local = address is None
+        if local:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local: no token chatter
-        ray.init(address=address, num_cpus=None if address else workers,
-                 include_dashboard=False, log_to_driver=False)  # fmt: skip
+        # local workers see this process's import path, so tasks defined in the caller's
+        # modules unpickle there; on a cluster, ship code with danlu installed on the nodes
+        path = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
+        ray.init(address=address, num_cpus=workers if local else None,
+                 runtime_env=path if local else None, include_dashboard=False,
+                 log_to_driver=False)  # fmt: skip
     try:
         remote = ray.remote(num_cpus=1)(_worker)
         running = [remote.remote(task, c, atoms, 1) for c in cells]

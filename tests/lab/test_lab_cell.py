@@ -1,0 +1,86 @@
+"""One lab cell: the paired design, model selection on dev only, the step-matched base."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from helpers import toy_lab_task
+
+from danlu.datasets import TextDataset
+from danlu.lab.cell import Cell, classification_metrics, run_cell
+from danlu.lab.task import Task, split_for_seed
+
+
+def test_metrics_equal_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    labels, preds = rng.integers(0, 3, 200), rng.integers(0, 3, 200)
+    got = classification_metrics(preds, labels, 3)
+    assert got["accuracy"] == pytest.approx(metrics.accuracy_score(labels, preds))
+    assert got["macro_f1"] == pytest.approx(metrics.f1_score(labels, preds, average="macro"))
+
+
+def test_split_is_a_function_of_the_seed_only():
+    pool, _ = toy_lab_task().load()
+    a_train, a_dev = split_for_seed(pool, 100, 0.2, seed=3)
+    b_train, b_dev = split_for_seed(pool, 100, 0.2, seed=3)
+    assert (a_train.texts, a_dev.texts) == (b_train.texts, b_dev.texts)
+    assert len(a_train) == 80 and len(a_dev) == 20
+    c_train, _ = split_for_seed(pool, 100, 0.2, seed=4)
+    assert c_train.texts != a_train.texts
+    with pytest.raises(ValueError, match=r"n_train must be in \[2, 160\]"):
+        split_for_seed(pool, 1000, 0.2, seed=0)
+
+
+def test_record_follows_the_schema_and_selects_the_best_dev_epoch():
+    from danlu.lab.results import validate_record
+
+    record = run_cell(toy_lab_task(), Cell("toy", "base", seed=0, n_train=100))
+    validate_record(record)
+    dev = [e["dev_accuracy"] for e in record["epochs"]]
+    assert record["best_epoch"] == int(np.argmax(dev)) + 1  # first best on ties
+    assert record["dev"]["accuracy"] == max(dev)
+    assert record["steps"] == 3 * 5  # 3 epochs of ceil(80 / 16) steps
+    assert record["epochs"][-1]["steps"] == record["steps"]
+
+
+def test_same_seed_gives_the_same_data_and_order_for_every_combo():
+    # EMA changes only the weights that are evaluated, so with the same seed its training
+    # trajectory (split, init, data order) must be the base's exactly
+    task = toy_lab_task()
+    base = run_cell(task, Cell("toy", "base", seed=1, n_train=100))
+    ema = run_cell(task, Cell("toy", "ema", seed=1, n_train=100))
+    assert [e["train_loss"] for e in ema["epochs"]] == [e["train_loss"] for e in base["epochs"]]
+    other_seed = run_cell(task, Cell("toy", "base", seed=2, n_train=100))
+    assert other_seed["epochs"][0]["train_loss"] != base["epochs"][0]["train_loss"]
+
+
+def _poisoned(task: Task) -> Task:
+    pool, test = task.load()
+    flipped = TextDataset(test.texts, [1 - y for y in test.labels], test.label_names)
+    return dataclasses.replace(task, data=(pool, flipped))
+
+
+@pytest.mark.parametrize("combo", ["base", "ema"])
+def test_test_split_is_never_read_before_the_final_evaluation(combo):
+    task = toy_lab_task()
+    clean = run_cell(task, Cell("toy", combo, seed=0, n_train=100))
+    poisoned = run_cell(_poisoned(task), Cell("toy", combo, seed=0, n_train=100))
+    for key in ("epochs", "best_epoch", "dev", "steps"):
+        assert poisoned[key] == clean[key], key
+    # the final evaluation does read it: flipped binary labels flip the accuracy
+    assert poisoned["metrics"]["accuracy"] == pytest.approx(1 - clean["metrics"]["accuracy"])
+
+
+def test_step_matched_base_takes_the_steps_of_the_augmented_combo():
+    task = toy_lab_task(epochs=1)
+    eda = run_cell(task, Cell("toy", "eda", seed=0, n_train=40, steps_match="eda"))
+    matched = run_cell(task, Cell("toy", "base", seed=0, n_train=40, match="eda"))
+    base = run_cell(task, Cell("toy", "base", seed=0, n_train=40))
+    assert eda["steps"] == matched["steps"] > base["steps"] == 2
+    assert (matched["match"], eda["steps_match"]) == ("eda", "eda")
+    # the matched base evaluates after each of its own epochs and stops at the step budget
+    assert [e["steps"] for e in matched["epochs"]][:2] == [2, 4]
+    assert matched["epochs"][-1]["steps"] == eda["steps"]
