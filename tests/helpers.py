@@ -118,7 +118,7 @@ def _toy_lab_data(n_pool: int = 160, n_test: int = 60, seed: int = 0):
     from danlu.datasets import TextDataset
 
     rng = random.Random(seed)
-    filler = "电影 剧情 演员 音乐 故事 画面 今天 我们 觉得 这部".split()
+    filler = ["电影", "剧情", "演员", "音乐", "故事", "画面", "今天", "我们", "觉得", "这部"]
 
     def example(i: int) -> tuple[str, int]:
         label = i % 2
