@@ -34,6 +34,7 @@ from danlu.lab.task import Task, logits_of
 __all__ = ["TASKS", "get_task", "describe_tasks"]
 
 
+@functools.lru_cache(maxsize=4)  # cells run in one process read the files once
 def _held_out(
     loader: Callable[..., TextDataset], test_size: int, limit: int | None
 ) -> tuple[TextDataset, TextDataset]:
