@@ -1,13 +1,20 @@
-"""Loss tricks: focal loss fwd+bwd vs ``F.cross_entropy`` (and two naive focal losses), and
-R-Drop (both forms) vs a plain step on a MiniLM-shaped BERT (8x128, AdamW).
+"""Loss tricks: focal loss fwd+bwd vs ``F.cross_entropy`` (eager, the fused
+``compile=True`` path, and two naive focal losses), the sigmoid form vs
+``F.binary_cross_entropy_with_logits``, and R-Drop (both forms) vs a plain step on a
+MiniLM-shaped BERT (8x128, AdamW).
 
 Each is timed twice: wall time with 2 threads (``_common.compare``), and this thread's CPU
-time with 1 thread, which stays meaningful when other jobs load the machine.
+time with 1 thread, which stays meaningful when other jobs load the machine. The
+``torch.compile`` warm-up (first call of each compiled variant) is timed separately, before
+the round-robin, and printed; later sizes reuse the kernels (dynamic shapes).
 
     .venv/bin/python benchmarks/bench_loss.py
 """
 
 from __future__ import annotations
+
+import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +37,35 @@ def naive_focal_onehot(x, t, gamma=2.0):
     return (-(onehot * (1 - logp.exp()) ** gamma * logp).sum(1)).mean()
 
 
+def warm_up(losses: dict) -> None:
+    """First fwd+bwd of each compiled variant (the torch.compile warm-up), timed apart."""
+    for name, loss in losses.items():
+        if "compile" in name:
+            t0 = time.perf_counter()
+            loss().backward()
+            print(f"warm-up (first call) of {name}: {time.perf_counter() - t0:.2f} s", flush=True)
 
+
+def bench(title: str, losses: dict, x: torch.Tensor, inner: int, cpu_time: bool) -> str:
+    """fwd+bwd of each loss, ``inner`` calls per sample; ratios against the first."""
+    warm_up(losses)
+
+    def run(loss):
+        def call():
+            for _ in range(inner):
+                loss().backward()
+                x.grad = None
+
+        return call
+
+    variants = {name: run(loss) for name, loss in losses.items()}
+    if cpu_time:
+        medians = compare(variants, repeat=25, clock="cpu")
+        how = "1 thread, thread CPU time"
+    else:
+        medians = compare(variants, repeat=25, warmup=2)
+        how = "2 threads, wall time"
+    return report(f"{title}, {how} ({inner} calls per sample)", medians)
 
 
 def bench_focal(n: int, c: int, inner: int, cpu_time: bool = False) -> str:
@@ -38,30 +73,34 @@ def bench_focal(n: int, c: int, inner: int, cpu_time: bool = False) -> str:
     x = torch.randn(n, c, generator=g).requires_grad_()
     t = torch.randint(0, c, (n,), generator=g)
     alpha = torch.rand(c, generator=g) + 0.5
-
-    def run(fn):
-        def call():
-            for _ in range(inner):
-                fn().backward()
-                x.grad = None
-
-        return call
-
-    variants = {
-        "F.cross_entropy": run(lambda: F.cross_entropy(x, t)),
-        "danlu focal_loss (gamma=2)": run(lambda: focal_loss(x, t, 2.0)),
-        "danlu focal_loss (gamma=2, alpha)": run(lambda: focal_loss(x, t, 2.0, alpha)),
-        "naive focal (gather)": run(lambda: naive_focal_gather(x, t)),
-        "naive focal (one-hot)": run(lambda: naive_focal_onehot(x, t)),
+    losses = {
+        "F.cross_entropy": lambda: F.cross_entropy(x, t),
+        "danlu focal_loss (gamma=2)": lambda: focal_loss(x, t, 2.0),
+        "danlu focal_loss (gamma=2, alpha)": lambda: focal_loss(x, t, 2.0, alpha),
+        "danlu focal_loss (gamma=2, compile=True)": lambda: focal_loss(x, t, 2.0, compile=True),
+        "danlu focal_loss (gamma=2, alpha, compile=True)": lambda: focal_loss(
+            x, t, 2.0, alpha, compile=True
+        ),
+        "naive focal (gather)": lambda: naive_focal_gather(x, t),
+        "naive focal (one-hot)": lambda: naive_focal_onehot(x, t),
     }
-    if cpu_time:
-        medians = compare(variants, repeat=25, clock="cpu")
-        how = "1 thread, thread CPU time"
-    else:
-        medians = compare(variants, repeat=25, warmup=2)
-        how = "2 threads, wall time"
-    title = f"focal loss fwd+bwd, logits {n} x {c}, {how} ({inner} calls per sample)"
-    return report(title, medians)
+    return bench(f"focal loss fwd+bwd, logits {n} x {c}", losses, x, inner, cpu_time)
+
+
+def bench_sigmoid_focal(n: int, c: int, inner: int, cpu_time: bool = False) -> str:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, c, generator=g).requires_grad_()
+    y = (torch.rand(n, c, generator=g) < 0.1).float()
+    losses = {
+        "F.binary_cross_entropy_with_logits": lambda: F.binary_cross_entropy_with_logits(x, y),
+        "danlu focal_loss sigmoid (gamma=2, alpha=0.25)": lambda: focal_loss(
+            x, y, 2.0, 0.25, mode="sigmoid"
+        ),
+        "danlu focal_loss sigmoid (gamma=2, alpha=0.25, compile=True)": lambda: focal_loss(
+            x, y, 2.0, 0.25, mode="sigmoid", compile=True
+        ),
+    }
+    return bench(f"sigmoid focal loss fwd+bwd, logits {n} x {c}", losses, x, inner, cpu_time)
 
 
 def bench_rdrop(cpu_time: bool = False) -> str:
@@ -93,12 +132,19 @@ def bench_rdrop(cpu_time: bool = False) -> str:
 
 
 def main() -> None:
+    if "--focal-only" in sys.argv:
+        set_threads(1)
+        bench_focal(4096, 30, inner=20, cpu_time=True)
+        bench_focal(32768, 50, inner=3, cpu_time=True)
+        return
     set_threads(2)
     bench_focal(4096, 30, inner=20)
     bench_focal(32768, 50, inner=3)
+    bench_sigmoid_focal(4096, 30, inner=20)
     set_threads(1)
     bench_focal(4096, 30, inner=20, cpu_time=True)
     bench_focal(32768, 50, inner=3, cpu_time=True)
+    bench_sigmoid_focal(4096, 30, inner=20, cpu_time=True)
     set_threads(2)
     bench_rdrop()
     set_threads(1)
