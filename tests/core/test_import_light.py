@@ -12,8 +12,8 @@ SCRIPT = """
 import importlib, pkgutil, sys, danlu
 assert not [m for m in {heavy} if m in sys.modules], "import danlu loaded heavy modules"
 for info in pkgutil.walk_packages(danlu.__path__, "danlu."):
-    if info.name.startswith("danlu.integrations.") or info.name == "danlu.__main__":
-        continue  # integrations import their framework; __main__ runs the CLI
+    if info.name.startswith("danlu.integrations."):
+        continue  # integrations exist to import their framework
     importlib.import_module(info.name)
 print(",".join(sorted(m for m in {heavy} if m in sys.modules)))
 """
