@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError) as err:
         print(f"danlu: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("danlu: interrupted; finished cells are kept: rerun the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
 
 
 if __name__ == "__main__":
