@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 from helpers import toy_lab_task
 
 from danlu.lab.results import cell_key, read_results
@@ -80,6 +81,8 @@ def test_bad_arguments_are_refused(tmp_path):
     task = toy_lab_task()
     with pytest.raises(ValueError, match="workers must be"):
         run_lab(task, ["base"], out=tmp_path, workers=-1)
+    with pytest.raises(ValueError, match="threads must be"):
+        run_lab(task, ["base"], out=tmp_path, threads=0)
     with pytest.raises(ValueError, match="executor must be"):
         run_lab(task, ["base"], out=tmp_path, executor="slurm")
     with pytest.raises(ValueError, match="unknown trick 'fmg'"):
@@ -89,8 +92,13 @@ def test_bad_arguments_are_refused(tmp_path):
 
 
 def _inline_records(tmp_path, combos):
-    run_lab(toy_lab_task(epochs=1), combos, seeds=1, n_train=40, out=tmp_path / "inline",
-            workers=0, progress=False)  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers (threads=1): bitwise equal results
+    try:
+        run_lab(toy_lab_task(epochs=1), combos, seeds=1, n_train=40, out=tmp_path / "inline",
+                workers=0, progress=False)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
     return {cell_key(r): r for r in read_results(tmp_path / "inline" / "results.jsonl")}
 
 
@@ -101,7 +109,7 @@ def _same_training(a: dict, b: dict) -> None:
 def test_worker_processes_give_the_inline_results(tmp_path):
     ref = _inline_records(tmp_path, ["base", "fgm"])
     records = run_lab(toy_lab_task(epochs=1), ["base", "fgm"], seeds=1, n_train=40,
-                      out=tmp_path / "procs", workers=2, progress=False)  # fmt: skip
+                      out=tmp_path / "procs", workers=2, threads=1, progress=False)  # fmt: skip
     assert len(records) == 2
     for r in records:
         _same_training(r, ref[cell_key(r)])
@@ -112,6 +120,7 @@ def test_ray_executor_in_local_mode_gives_the_inline_results(tmp_path):
     pytest.importorskip("ray", reason="ray is not installed (extra 'ray')")
     ref = _inline_records(tmp_path, ["base"])
     records = run_lab(toy_lab_task(epochs=1), ["base"], seeds=1, n_train=40,
-                      out=tmp_path / "ray", workers=1, executor="ray", progress=False)  # fmt: skip
+                      out=tmp_path / "ray", workers=1, executor="ray", threads=1,
+                      progress=False)  # fmt: skip
     assert len(records) == 1
     _same_training(records[0], ref[cell_key(records[0])])

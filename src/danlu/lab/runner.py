@@ -116,11 +116,11 @@ def _run_inline(task, cells, atoms) -> Iterator[dict[str, Any]]:
         yield run_cell(task, cell, atoms)
 
 
-def _run_processes(task, cells, atoms, workers: int) -> Iterator[dict[str, Any]]:
+def _run_processes(task, cells, atoms, workers: int, threads: int) -> Iterator[dict[str, Any]]:
     """One fresh spawned process per cell (clean peak-memory figures, no state leaks)."""
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), max_tasks_per_child=1)
     try:
-        running = {pool.submit(_worker, task, c, atoms, _threads(workers)) for c in cells}
+        running = {pool.submit(_worker, task, c, atoms, threads) for c in cells}
         while running:
             done, running = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
@@ -129,7 +129,9 @@ def _run_processes(task, cells, atoms, workers: int) -> Iterator[dict[str, Any]]
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_ray(task, cells, atoms, workers: int, address: str | None) -> Iterator[dict[str, Any]]:
+def _run_ray(
+    task, cells, atoms, workers: int, threads: int, address: str | None
+) -> Iterator[dict[str, Any]]:
     ray = require("ray", "ray", "--executor ray")
     started = not ray.is_initialized()
     if started:
@@ -144,7 +146,7 @@ def _run_ray(task, cells, atoms, workers: int, address: str | None) -> Iterator[
                  log_to_driver=False)  # fmt: skip
     try:
         remote = ray.remote(num_cpus=1)(_worker)
-        running = [remote.remote(task, c, atoms, 1) for c in cells]
+        running = [remote.remote(task, c, atoms, threads) for c in cells]
         while running:
             done, running = ray.wait(running, num_returns=1)
             yield ray.get(done[0])
@@ -171,6 +173,7 @@ def run_lab(
     executor: Executor = "local",
     ray_address: str | None = None,
     atoms: dict[str, Atom] | None = None,
+    threads: int | None = None,
     progress: bool = True,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -188,6 +191,7 @@ def run_lab(
         executor: ``"local"`` (processes) or ``"ray"`` (``ray.init()`` locally, or the
             cluster at ``ray_address``; danlu must be installed on the cluster's workers).
         atoms: the atom registry (default :data:`danlu.lab.atoms.ATOMS`); add your own.
+        threads: torch threads per worker (default: CPU cores / workers; Ray: 1).
         progress: a tqdm bar with ETA.
         on_record: called with each new record after it is written.
     """
@@ -205,12 +209,15 @@ def run_lab(
     _check_out_dir(out, task, bool(task.extra.get("smoke", False)))
     results = out / "results.jsonl"
     todo = pending_cells(cells, read_results(results))
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
     if executor == "ray":
-        stream = _run_ray(task, todo, atoms, max(1, workers), ray_address)
+        stream = _run_ray(task, todo, atoms, max(1, workers), threads or 1, ray_address)
     elif workers == 0:
         stream = _run_inline(task, todo, atoms)
     else:
-        stream = _run_processes(task, todo, atoms, min(workers, max(1, len(todo))))
+        stream = _run_processes(task, todo, atoms, min(workers, max(1, len(todo))),
+                                threads or _threads(workers))  # fmt: skip
     bar = _progress(len(todo), progress and bool(todo))
     with contextlib.closing(stream), bar or contextlib.nullcontext():
         for record in stream:
