@@ -94,12 +94,11 @@ def test_large_logits_give_finite_equal_loss_and_grads():
     assert torch.isfinite(fused) and fused.item() > 1e3
 
 
-def test_changing_batch_sizes_recompile_at_most_once():
+def test_changing_batch_sizes_do_not_recompile():
     crit = FocalLoss(2.0, ALPHA, label_smoothing=0.1, compile=True)
-    for n in (37, 45):  # the first change of batch size makes the batch dim dynamic
-        crit(*logits_and_target(n=n))
+    crit(*logits_and_target(n=37))  # compiles with a dynamic row count
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for n in (20, 64, 33):
+        for n in (20, 64, 33, 45):
             x, t = logits_and_target(n=n, seed=n)
             torch.testing.assert_close(
                 crit(x, t), focal_loss(x, t, 2.0, ALPHA, label_smoothing=0.1)

@@ -242,9 +242,15 @@ class _FusedSoftmaxFocal(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, kernel, gamma, a, ignore_index, eps, reduction):
-        x, t = logits, target
         if logits.dim() > 2:  # (N, C, d...) -> (N·d..., C)
             x, t = logits.movedim(1, -1).reshape(-1, logits.shape[1]), target.reshape(-1)
+        else:  # new tensor objects: the shape marks below do not touch the caller's tensors
+            x, t = logits.view(logits.shape), target.view(target.shape)
+        # rows dynamic from the first compile (no recompile when the batch size changes);
+        # the class count static, which gives a faster kernel
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+        torch._dynamo.mark_static(x, 1)
         loss, grad, *_ = kernel(x, t, gamma, a, ignore_index, eps, reduction)
         ctx.save_for_backward(grad)
         ctx.reduction, ctx.shape, ctx.dtype = reduction, logits.shape, logits.dtype
@@ -269,10 +275,10 @@ _COMPILED: dict[tuple[str, str, torch.dtype], Callable] = {}
 
 def _compiled(mode: str, reduction: str, dtype: torch.dtype) -> Callable:
     """The ``torch.compile``d core of ``mode``, created on first use and cached per
-    (mode, reduction, dtype). Shapes are static at first; the first call with another batch
-    size recompiles once with a dynamic batch dim (dynamo's automatic dynamic shapes), later
-    sizes reuse that kernel. (``dynamic=True`` from the start makes the class count dynamic
-    too, and the kernel ~25% slower.)"""
+    (mode, reduction, dtype). Softmax mode marks the rows dynamic and the classes static;
+    sigmoid mode relies on dynamo's automatic dynamic shapes (one recompile at the first
+    change of shape). (``dynamic=True`` would make the class count dynamic too, and the
+    kernel ~25% slower.)"""
     key = (mode, reduction, dtype)
     if key not in _COMPILED:
         import torch._dynamo
@@ -335,9 +341,10 @@ def focal_loss(
         label_smoothing: in [0, 1]; mixes the one-hot target with the uniform distribution
             (over C classes, or 0.5/0.5 in sigmoid mode), as ``F.cross_entropy`` does.
         compile: use the fused ``torch.compile`` path (same values and gradients; the first
-            call per mode/reduction/dtype compiles for a few seconds). In softmax mode its
-            gradient is first-order only (no double backward). Inside code that is itself
-            being compiled, the eager formulation is used (the outer compile fuses it).
+            call per mode/reduction/dtype compiles for a few seconds, the first change of
+            batch size once more). Its gradient is first-order only (no double backward).
+            Inside code that is itself being compiled, the eager formulation is used (the
+            outer compile fuses it).
 
     Returns:
         the loss; shape of ``target`` for ``reduction="none"``, else a scalar.
