@@ -164,3 +164,10 @@ def test_clear_error_when_compilation_fails(monkeypatch):
     monkeypatch.setattr(focal_module, "_compiled", lambda *key: failing_kernel)
     with pytest.raises(RuntimeError, match="could not build the fused kernel.*compile=False"):
         focal_loss(*logits_and_target(), compile=True)
+
+
+def test_fused_path_does_not_mutate_inputs():
+    x, t = logits_and_target()
+    x0, t0 = x.clone(), t.clone()
+    focal_loss(x.requires_grad_(), t, 2.0, ALPHA, label_smoothing=0.1, compile=True).backward()
+    assert torch.equal(x.detach(), x0) and torch.equal(t, t0)

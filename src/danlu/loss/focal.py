@@ -242,10 +242,11 @@ class _FusedSoftmaxFocal(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, kernel, gamma, a, ignore_index, eps, reduction):
-        if logits.dim() > 2:  # (N, C, d...) -> (N·d..., C)
-            x, t = logits.movedim(1, -1).reshape(-1, logits.shape[1]), target.reshape(-1)
-        else:  # new tensor objects: the shape marks below do not touch the caller's tensors
-            x, t = logits.view(logits.shape), target.view(target.shape)
+        # new tensor objects, so the shape marks below leave the caller's tensors alone; and
+        # requires_grad=False, so the kernel is compiled as an inference graph
+        x, t = logits.detach(), target.detach()
+        if x.dim() > 2:  # (N, C, d...) -> (N·d..., C)
+            x, t = x.movedim(1, -1).reshape(-1, x.shape[1]), t.reshape(-1)
         # rows dynamic from the first compile (no recompile when the batch size changes);
         # the class count static, which gives a faster kernel
         torch._dynamo.maybe_mark_dynamic(x, 0)
