@@ -294,6 +294,7 @@ def test_focal_does_not_mutate_inputs():
         ({"alpha": [1.0, 2.0]}, "sequence of 5 per-class weights"),
         ({"alpha": 0.25}, "scalar alpha is only for mode='sigmoid'"),
         ({"alpha": [1.0, -1.0, 1.0, 1.0, 1.0]}, "alpha values must be >= 0"),
+        ({"alpha": [1.0, float("nan"), 1.0, 1.0, 1.0]}, "alpha values must be >= 0"),
         ({"reduction": "avg"}, "reduction must be"),
         ({"mode": "softplus"}, "mode must be"),
         ({"label_smoothing": 1.5}, "label_smoothing must be in"),

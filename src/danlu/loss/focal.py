@@ -111,9 +111,11 @@ def _alpha_tensor(
             f"(the last logit dim, {n_classes}), got shape {tuple(a.shape)}"
         )
     hi = math.inf if mode == "softmax" else 1.0
-    if check_values and a.device.type == "cpu" and not bool(((a >= 0) & (a <= hi)).all()):
-        allowed = ">= 0" if mode == "softmax" else "in [0, 1]"
-        raise ValueError(f"alpha values must be {allowed} for mode={mode!r}, got {alpha!r}")
+    if check_values and a.device.type == "cpu":  # in Python: cheaper than tensor ops
+        values = a.tolist() if a.dim() else [a.item()]
+        if not all(0 <= v <= hi for v in values):  # NaN fails too
+            allowed = ">= 0" if mode == "softmax" else "in [0, 1]"
+            raise ValueError(f"alpha values must be {allowed} for mode={mode!r}, got {alpha!r}")
     return a.to(like.device)
 
 
