@@ -46,7 +46,8 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--workers", type=int, default=2, help="parallel cells (0: in-process)")
     run.add_argument("--executor", choices=("local", "ray"), default="local")
     run.add_argument("--ray-address", default=None, help="an existing Ray cluster (ray://...)")
-    run.add_argument("--smoke", action="store_true", help="tiny model, 2 epochs (CI, checks)")
+    run.add_argument("--smoke", action="store_true",
+                     help="tiny model, 2 epochs, --n-train 200 unless given (CI, checks)")
     run.add_argument("--no-stats", action="store_true",
                      help="only run the cells; no report (allows --seeds 1 and no base)")
     run.add_argument("--metric", choices=("accuracy", "macro_f1"), default="accuracy")
