@@ -7,6 +7,7 @@ Machines here are noisy: every benchmark times its variants interleaved in one r
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -61,7 +62,8 @@ def compare(
     warmup: int = 1,
     clock: str = "wall",
 ) -> dict[str, float]:
-    """Median seconds per call of each variant, timed round-robin in one run.
+    """Median seconds per call of each variant, timed round-robin in one run (the order is
+    shuffled every round, so no variant is always timed right after the same one).
 
     ``clock="wall"`` uses ``time.perf_counter``; ``clock="cpu"`` uses this thread's CPU time
     (``time.thread_time``; run with 1 torch thread): time spent descheduled by other
@@ -73,8 +75,9 @@ def compare(
         for n in names:
             variants[n]()
     times: dict[str, list[float]] = {n: [] for n in names}
+    order = random.Random(0)  # a fresh order every round: no variant always follows another
     for _ in range(repeat):
-        for n in names:
+        for n in order.sample(names, len(names)):
             t0 = timer()
             variants[n]()
             times[n].append(timer() - t0)
