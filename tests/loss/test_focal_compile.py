@@ -15,7 +15,7 @@ from helpers import TinyTextClassifier, loss_fn, make_batch
 
 from danlu import Tricks
 from danlu.loss import Focal, FocalLoss, focal_loss
-from danlu.loss import focal as focal_module
+from danlu.loss import _focal_fused as fused_module
 
 ALPHA = [0.1, 0.5, 1.0, 2.0, 0.0]
 
@@ -149,7 +149,7 @@ def test_double_backward_raises_instead_of_a_silent_zero():
 
 
 def test_clear_error_when_torch_compile_is_unsupported(monkeypatch):
-    monkeypatch.setattr(focal_module, "_COMPILED", {})
+    monkeypatch.setattr(fused_module, "_COMPILED", {})
     monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
     with pytest.raises(RuntimeError, match="use compile=False"):
         focal_loss(*logits_and_target(), compile=True)
@@ -161,7 +161,7 @@ def test_clear_error_when_compilation_fails(monkeypatch):
     def failing_kernel(*args):
         raise BackendCompilerFailed(print, RuntimeError("no C++ compiler"), None)
 
-    monkeypatch.setattr(focal_module, "_compiled", lambda *key: failing_kernel)
+    monkeypatch.setattr(fused_module, "_compiled", lambda *key: failing_kernel)
     with pytest.raises(RuntimeError, match="could not build the fused kernel.*compile=False"):
         focal_loss(*logits_and_target(), compile=True)
 
