@@ -277,3 +277,13 @@ def test_smoke_runs_are_labelled():
     md = render_markdown(build_report([dict(r, smoke=True) for r in grid()]))
     assert "**Smoke run**" in md
     assert "Smoke" not in render_markdown(build_report(grid()))
+
+
+def test_time_ratio_uses_training_time_when_recorded():
+    records = []
+    for seed in range(3):
+        for combo, train_s in (("base", 4.0), ("fgm", 8.0)):
+            r = rec(combo, seed, 0.8 + 0.01 * seed, wall=20.0)  # same wall: eval dominates
+            records.append({**r, "train_s": train_s})
+    table = build_report(records).tables[0]
+    assert [row.time_ratio for row in table.rows] == pytest.approx([1.0, 2.0])

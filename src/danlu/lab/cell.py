@@ -116,6 +116,7 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
     n_classes = len(pool.label_names)
     train, dev = split_for_seed(pool, cell.n_train, task.dev_fraction, cell.seed)
     data = _train_data(task, stack, train, cell.seed)
+    train_s = time.perf_counter() - start  # training cost: augmentation + optimizer steps
     steps_per_epoch = math.ceil(len(data) / task.batch_size)
     total_steps = planned_steps(task, len(data))
     if cell.match is not None:  # step-matched base: as many steps as the augmented combo
@@ -148,11 +149,13 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(y_train), generator=order_gen)
         order = order[: total_steps * task.batch_size - tricks.state.step * task.batch_size]
+        t0 = time.perf_counter()
         losses = [
             tricks.step(model, optimizer, batch, task.loss_fn).loss
             for batch in _batches(x_train, y_train, order, task.batch_size)
         ]
         tricks.epoch_end()
+        train_s += time.perf_counter() - t0
         with eval_module() as module:
             dev_metrics = _evaluate(task, module, x_dev, y_dev, n_classes)
             if best is None or dev_metrics["accuracy"] > best[0]:
@@ -173,7 +176,7 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
         "match": cell.match, "steps_match": cell.steps_match, "metrics": metrics,
         "dev": {"accuracy": chosen["dev_accuracy"], "macro_f1": chosen["dev_macro_f1"]},
         "best_epoch": best[1], "epochs": history, "steps": tricks.state.step,
-        "wall_s": round(time.perf_counter() - start, 3),
+        "wall_s": round(time.perf_counter() - start, 3), "train_s": round(train_s, 3),
         "peak_mem_mb": round(max(0.0, _rss_mb() - mem0), 1),
         "smoke": bool(task.extra.get("smoke", False)), "danlu": danlu.__version__,
     }  # fmt: skip

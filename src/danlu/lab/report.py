@@ -102,6 +102,14 @@ _COST = ("wall_s", "peak_mem_mb", "steps")  # the ratio columns, in Row order
 Cells = dict[tuple[str, str | None], dict[int, dict]]  # (combo, match) -> {seed: record}
 
 
+def _cost(record: dict, key: str) -> float:
+    """A cost figure; time is the training time (augmentation + optimizer steps) when the
+    record has it, else the cell's wall time."""
+    if key == "wall_s" and "train_s" in record:
+        return float(record["train_s"])
+    return float(record[key])
+
+
 def _ratio(num: list[float], den: list[float]) -> float:
     d = float(np.mean(den))
     return float(np.mean(num)) / d if d > 0 else math.nan
@@ -211,7 +219,7 @@ def _table(n_train: int | None, records: list[dict], metric: str) -> Table:
     rows = []
     for (combo, match), by_seed in cells.items():
         rs = list(by_seed.values())
-        ratios = [_ratio([r[k] for r in rs], [r[k] for r in base]) for k in _COST]
+        ratios = [_ratio([_cost(r, k) for r in rs], [_cost(r, k) for r in base]) for k in _COST]
         summary = summarize([_metric(r, metric) for r in rs])
         rows.append(Row(combo, match, summary, tuple(comparisons.get((combo, match), ())), *ratios))
     known = [r for r in base if r.get("best_epoch") is not None and r["epochs"]]
@@ -361,7 +369,8 @@ HOW_TO_READ = (
     "resolve smaller effects). Combos that take more optimizer steps than base are also "
     "compared with a base trained for the same number of steps: a gain that disappears there "
     "came from the extra steps, not the trick. time ×, mem × and steps × are ratios of means "
-    "against base."
+    "against base (time: training time, i.e. augmentation and optimizer steps, without the "
+    "evaluations; mem: the cell's peak memory growth)."
 )
 
 
@@ -461,7 +470,7 @@ def plot_cost(report: Report, path: str | os.PathLike) -> None:
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.axvline(1.0, color="gray", linewidth=0.8, linestyle="--")
         ax.set_title(f"{report.task}, {_title(table)}: gain vs cost")
-        ax.set_xlabel("wall time × base")
+        ax.set_xlabel("training time × base")
         ax.set_ylabel(f"Δ {report.metric} vs base{_unit(report)}, 95% t CI")
         ax.margins(x=0.2, y=0.15)
     fig.savefig(path, dpi=100)

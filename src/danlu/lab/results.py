@@ -35,6 +35,7 @@ _OPTIONAL: dict[str, tuple[tuple[type, ...], bool, str]] = {
     "steps_match": ((str,), True, "a step key (str), else null"),
     "best_epoch": ((int,), False, "an int (1-based index into epochs)"),
     "dev": ((dict,), False, "a dict of dev metrics"),
+    "train_s": (_NUMBER, False, "a number (seconds of augmentation and optimizer steps)"),
     "smoke": ((bool,), False, "a bool"),
     "danlu": ((str,), False, "a version string"),
 }
