@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 from helpers import toy_lab_task
 
 from danlu.datasets import TextDataset
+from danlu.lab.atoms import ATOMS
 from danlu.lab.cell import Cell, classification_metrics, run_cell
 from danlu.lab.task import Task, split_for_seed
 
@@ -84,3 +86,12 @@ def test_step_matched_base_takes_the_steps_of_the_augmented_combo():
     # the matched base evaluates after each of its own epochs and stops at the step budget
     assert [e["steps"] for e in matched["epochs"]][:2] == [2, 4]
     assert matched["epochs"][-1]["steps"] == eda["steps"]
+
+
+@pytest.mark.parametrize("combo", [a for a in ATOMS if a != "base"])
+def test_every_atom_trains_a_cell(combo):
+    from danlu.lab.results import validate_record
+
+    record = run_cell(toy_lab_task(epochs=2), Cell("toy", combo, seed=0, n_train=40))
+    validate_record(record)
+    assert record["steps"] >= 2 * 2 and all(math.isfinite(e["train_loss"]) for e in record["epochs"])

@@ -82,6 +82,19 @@ def _pgd(ctx: RunContext) -> Trick:
     return PGD(ctx.model, eps=1.0, alpha=0.3, steps=3)
 
 
+def _freelb(ctx: RunContext) -> Trick:
+    from danlu.adversarial import FreeLB
+
+    generator = torch.Generator().manual_seed(ctx.seed)
+    return FreeLB(ctx.model, steps=3, alpha=0.1, init_mag=0.1, generator=generator)
+
+
+def _awp(ctx: RunContext) -> Trick:
+    from danlu.adversarial import AWP
+
+    return AWP(ctx.model, adv_lr=1.0, adv_eps=0.01, start_step=ctx.steps_per_epoch)
+
+
 def _rdrop(ctx: RunContext) -> Trick:
     from danlu.loss import RDrop
 
@@ -162,6 +175,10 @@ ATOMS: dict[str, Atom] = {
              make_trick=_fgm),
         Atom("pgd", "PGD on the input embedding, eps 1.0, alpha 0.3, 3 steps (~4x a step)",
              "adversarial", make_trick=_pgd),
+        Atom("freelb", "FreeLB on the embedding output, 3 ascent steps, alpha 0.1 (~4x a step)",
+             "adversarial", make_trick=_freelb),
+        Atom("awp", "AWP on the weights, adv_lr 1.0, adv_eps 0.01, from the 2nd epoch (~2x a step)",
+             "adversarial", make_trick=_awp),
         Atom("rdrop", "R-Drop, two dropout passes + symmetric KL, alpha 1.0 (~2x a step)",
              "regulariser", make_trick=_rdrop),
         Atom("focal", "focal loss, gamma 2", "loss", make_trick=_focal),
