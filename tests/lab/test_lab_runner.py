@@ -124,3 +124,20 @@ def test_ray_executor_in_local_mode_gives_the_inline_results(tmp_path):
                       progress=False)  # fmt: skip
     assert len(records) == 1
     _same_training(records[0], ref[cell_key(records[0])])
+
+
+def _small_fgm(ctx):
+    from danlu.adversarial import FGM
+
+    return FGM(ctx.model, eps=0.1)
+
+
+def test_user_atoms_extend_the_registry(tmp_path):
+    from danlu.lab.atoms import ATOMS, Atom
+
+    atoms = {**ATOMS, "fgm01": Atom("fgm01", "FGM, eps 0.1", "adversarial", make_trick=_small_fgm)}
+    records = run_lab(toy_lab_task(epochs=1), ["base", "fgm01+ema"], seeds=1, n_train=40,
+                      out=tmp_path, workers=0, atoms=atoms, progress=False)  # fmt: skip
+    assert sorted(r["combo"] for r in records) == ["base", "ema+fgm01"]  # registry order
+    with pytest.raises(ValueError, match="two adversarial tricks"):
+        run_lab(toy_lab_task(epochs=1), ["fgm+fgm01"], out=tmp_path, atoms=atoms)
