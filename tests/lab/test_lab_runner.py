@@ -141,3 +141,9 @@ def test_user_atoms_extend_the_registry(tmp_path):
     assert sorted(r["combo"] for r in records) == ["base", "ema+fgm01"]  # registry order
     with pytest.raises(ValueError, match="two adversarial tricks"):
         run_lab(toy_lab_task(epochs=1), ["fgm+fgm01"], out=tmp_path, atoms=atoms)
+
+
+def test_n_train_larger_than_the_pool_is_refused_before_any_cell_runs(tmp_path):
+    with pytest.raises(ValueError, match=r"n_train=1000 does not fit task 'toy'.*160 examples"):
+        run_lab(toy_lab_task(), ["base"], n_train=[40, 1000], out=tmp_path, workers=2)
+    assert not (tmp_path / "results.jsonl").exists()

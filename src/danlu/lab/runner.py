@@ -102,6 +102,17 @@ def _check_out_dir(out: Path, task: Task, smoke: bool) -> None:
     meta.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _check_sizes(task: Task, sizes: list[int | None]) -> None:
+    """Fail before any worker starts: the task's data loads and every n_train fits its pool."""
+    pool, _ = task.load()
+    for n in sizes:
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= len(pool)):
+            raise ValueError(
+                f"n_train={n!r} does not fit task {task.name!r}: its training pool has "
+                f"{len(pool)} examples; give 2..{len(pool)}, or None for all of them"
+            )
+
+
 def _threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
@@ -205,6 +216,7 @@ def run_lab(
     if executor not in ("local", "ray"):
         raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
     cells = plan_cells(task.name, combos, seed_list, sizes, atoms)
+    _check_sizes(task, sizes)
     out = Path(out)
     _check_out_dir(out, task, bool(task.extra.get("smoke", False)))
     results = out / "results.jsonl"
