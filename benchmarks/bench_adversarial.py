@@ -101,6 +101,11 @@ def main() -> None:
         fwd_bwd()
         finish()
 
+    def two_passes():  # FGM's floor: a second forward+backward, no attack at all
+        fwd_bwd()
+        fwd_bwd()
+        finish()
+
     def textbook_fgm():
         fwd_bwd()
         tb_fgm.attack()
@@ -155,6 +160,7 @@ def main() -> None:
 
     steps = {
         "plain step": plain,
+        "two passes, no attack (FGM's floor)": two_passes,
         "textbook FGM": textbook_fgm,
         "danlu FGM": danlu_fgm,
         "textbook PGD-3": textbook_pgd,
