@@ -120,6 +120,22 @@ def tiny_bert(seed: int = 0, **overrides):
     return transformers.BertForSequenceClassification(transformers.BertConfig(**cfg))
 
 
+def tiny_gpt2(seed: int = 0, lm: bool = False, **overrides):
+    """A tiny randomly initialised GPT-2 (2 layers, hidden 16, vocab 50, no dropout):
+    ``GPT2ForSequenceClassification`` (3 labels, pad id 0) or, with ``lm=True``,
+    ``GPT2LMHeadModel`` (output layer tied to the input embedding). Needs transformers."""
+    import transformers
+
+    cfg = dict(
+        vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, num_labels=3,
+        pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    cls = transformers.GPT2LMHeadModel if lm else transformers.GPT2ForSequenceClassification
+    return cls(transformers.GPT2Config(**cfg))
+
+
 def _toy_lab_data(n_pool: int = 160, n_test: int = 60, seed: int = 0):
     import random
 

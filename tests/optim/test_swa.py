@@ -89,6 +89,30 @@ def test_swa_lr_none_leaves_the_lr_alone():
     assert opt.param_groups[0]["lr"] == 0.5 and swa.n_averaged == 3
 
 
+@pytest.mark.parametrize("anneal", [0, 3])
+def test_swalr_keeps_layer_decay_ratios(anneal):
+    # plain SWALR(opt, swa_lr=x) sets every group to x (checked here), erasing layer decay;
+    # SWA gives each group swa_lr times its lr ratio to the largest group
+    from danlu.optim import layer_decay_groups
+
+    model, _ = _setup()
+    groups = layer_decay_groups(model, lr=0.4, decay=0.5, weight_decay=0.0,
+                                depth_fn=lambda n: {"embed": 0, "hidden": 1}.get(n.split(".")[0], 2))  # fmt: skip
+    ratios = [g["lr_scale"] for g in groups]
+    assert sorted(set(ratios)) == [0.25, 0.5, 1.0]
+    plain = torch.optim.SGD(layer_decay_groups(model, lr=0.4, decay=0.5, weight_decay=0.0,
+                            depth_fn=lambda n: 0 if n.startswith("embed") else 1), lr=0.4)  # fmt: skip
+    SWALR(plain, swa_lr=0.1, anneal_epochs=0)
+    assert {g["lr"] for g in plain.param_groups} == {0.1}  # the ratios are gone
+    opt = torch.optim.SGD(groups, lr=0.4)
+    swa = SWA(model, opt, swa_lr=0.1, start_step=2, anneal=anneal)
+    tricks = Tricks([swa])
+    for i in range(2 + anneal):
+        tricks.step(model, opt, make_batch(seed=i), loss_fn)
+    for g, r in zip(opt.param_groups, ratios):  # annealed all the way: swa_lr x ratio
+        assert g["lr"] == pytest.approx(0.1 * r, rel=1e-12)
+
+
 def test_update_bn_recomputes_batchnorm_statistics():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1))

@@ -194,29 +194,45 @@ class FMA(Trick):
     """Fine-tuned model averaging: a running uniform average of the model's weights at the
     end of every epoch from ``start_epoch`` on (one fp64 sum in memory, on the CPU).
 
+    With ``trainable_only`` (default) the frozen parameters (``requires_grad=False``, e.g.
+    a LoRA model's base) are left out of the snapshots and of :meth:`average`: load the
+    average with ``model.load_state_dict(fma.average(), strict=False)`` when some are frozen.
+
     Args:
         model: the model (DDP-wrapped is fine).
         start_epoch: first completed epoch (1-based ``state.epoch``) to include.
+        trainable_only: leave out the frozen parameters (default) or keep the whole
+            state_dict (``False``).
 
     Example:
         >>> fma = FMA(model, start_epoch=2)
         >>> tricks = danlu.Tricks([fma])      # call tricks.epoch_end() after each epoch
-        >>> model.load_state_dict(fma.average())
+        >>> model.load_state_dict(fma.average(), strict=False)
     """
 
     order = Order.AVERAGE
 
-    def __init__(self, model: nn.Module, start_epoch: int = 1) -> None:
+    def __init__(self, model: nn.Module, start_epoch: int = 1, trainable_only: bool = True) -> None:
         if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 1:
             raise ValueError(f"start_epoch must be an integer >= 1, got {start_epoch!r}")
+        if not isinstance(trainable_only, bool):
+            raise TypeError(f"trainable_only must be True or False, got {trainable_only!r}")
         self.model, self.start_epoch = unwrap_model(model), start_epoch
         if next(self.model.parameters(), None) is None:
             raise ValueError(f"{type(self.model).__name__} has no parameters: nothing to average")
+        self.trainable_only = trainable_only
         self._sum: _Sum | None = None
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {
+            k: v.detach().cpu()
+            for k, v in self.model.state_dict(keep_vars=True).items()
+            if not (self.trainable_only and isinstance(v, nn.Parameter) and not v.requires_grad)
+        }
 
     def snapshot(self) -> None:
         """Add the model's current weights to the average."""
-        sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        sd = self._weights()
         if self._sum is None:
             self._sum = _Sum(sd, "the first snapshot")
         else:
@@ -249,11 +265,10 @@ class FMA(Trick):
         if state_dict["sum"] is None:
             self._sum = None
             return
-        ref = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        self._sum = _Sum(ref, "the model")
+        self._sum = _Sum(self._weights(), "the model")
         self._sum.check(state_dict["sum"], "FMA state_dict")
         self._sum.total = {k: v.clone() for k, v in state_dict["sum"].items()}
         self._sum.count = int(state_dict["count"])
 
     def __repr__(self) -> str:
-        return f"FMA(start_epoch={self.start_epoch})"
+        return f"FMA(start_epoch={self.start_epoch}, trainable_only={self.trainable_only})"
