@@ -10,10 +10,13 @@ One call of ``Tricks.step(model, optimizer, batch, loss_fn)`` runs one micro-bat
         scaler.scale(loss * weight).backward()        # weight = 1/accumulate (or num_items)
         trick.after_backward(closure, state)          # every micro-batch; closure() re-runs
                                                       # chain + backward on the same batch
-    if boundary:                                      # every `accumulate` micro-batches
+    if boundary:                                      # `accumulate` micro-batches since the last
+                                                      # step, or forced with boundary=True
         scaler.unscale_(optimizer)                    # fp16: gradients are unscaled first
-        (grads *= 1/total_items when num_items given)
-        trick.before_step(optimizer, state)           # clipping, grad-norm monitor
+        (grads *= 1/total_items when num_items given,
+         else grads *= accumulate/m for a window of m != accumulate micro-batches)
+        trick.before_step(optimizer, state)           # grad-norm monitor, clipping
+        clip_grad_norm_(max_grad_norm)                # Tricks(max_grad_norm=...)
         scaler.step(optimizer); scaler.update()       # fp16: skipped on inf/nan
         if the step happened:
             state.step += 1
@@ -70,7 +73,9 @@ class State:
     """What hooks see: where training is, and the last micro-batch's results.
 
     ``step`` counts optimizer steps that really happened (an fp16 step skipped by the
-    GradScaler does not count); ``micro_step`` counts micro-batches.
+    GradScaler does not count); ``micro_step`` counts micro-batches; ``window`` counts the
+    micro-batches of the current accumulation window that are already done (0 right after
+    an optimizer step).
     """
 
     model: nn.Module | None = None
@@ -79,6 +84,7 @@ class State:
     accumulate: int = 1
     step: int = 0
     micro_step: int = 0
+    window: int = 0
     epoch: int = 0
     is_boundary: bool = False
     stepped: bool = False
@@ -206,13 +212,18 @@ class Tricks:
 
     Args:
         tricks: the tricks; they run sorted by their ``order`` (stable).
-        accumulate: micro-batches per optimizer step (>= 1). The loss is divided by it,
-            unless ``step(..., num_items=n)`` is given, in which case the gradients of a
-            window are divided by the window's total item count (exact for uneven
+        accumulate: micro-batches per optimizer step (>= 1). A window is counted from the
+            last optimizer step, and its gradient is the mean over its micro-batches: a
+            window forced to end early with ``step(..., boundary=True)`` after m
+            micro-batches gives the mean over those m. With ``step(..., num_items=n)`` the
+            window's gradients are divided by its total item count instead (exact for uneven
             micro-batches and under DDP).
         amp: ``None``, ``"fp16"`` (autocast + ``torch.amp.GradScaler``) or ``"bf16"``
             (autocast only).
-        max_grad_norm: shortcut that appends ``ClipGradNorm(max_grad_norm)``.
+        max_grad_norm: clip the total gradient 2-norm to this value (> 0) with
+            ``torch.nn.utils.clip_grad_norm_`` after every ``before_step`` hook, and record
+            the pre-clip norm in ``state.grad_norm`` (``danlu.optim.ClipGradNorm`` is the
+            same as a trick, with a ``norm_type``).
         grad_scaler: an own ``GradScaler`` for ``amp="fp16"`` (e.g. with another
             ``init_scale``); by default one is made for the model's device.
 
@@ -253,10 +264,16 @@ class Tricks:
                     f"Tricks takes danlu.Trick objects, got {type(t).__name__}; "
                     "wrap drop-in objects in their Trick form"
                 )
-        if max_grad_norm is not None:
-            from danlu.optim.clip import ClipGradNorm
-
-            tricks.append(ClipGradNorm(max_grad_norm))
+        if max_grad_norm is not None and not (
+            isinstance(max_grad_norm, int | float)
+            and not isinstance(max_grad_norm, bool)
+            and 0 < max_grad_norm < float("inf")
+        ):
+            raise ValueError(
+                f"max_grad_norm must be a finite number > 0 (or None: no clipping), got "
+                f"{max_grad_norm!r}; 1.0 is the usual value for BERT-style models"
+            )
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.tricks: list[Trick] = sorted(tricks, key=lambda t: t.order)
         _check_loss_chain(self.tricks)
         self.accumulate = accumulate
@@ -336,9 +353,7 @@ class Tricks:
         device_type = _device_type(model)
         scaler = self._ensure_scaler(device_type)
         st.model, st.optimizer, st.scaler = model, optimizer, scaler
-        st.is_boundary = (
-            (st.micro_step + 1) % self.accumulate == 0 if boundary is None else bool(boundary)
-        )
+        st.is_boundary = self.window_ends(boundary)
         st.stepped = False
         weight = self._micro_weight(num_items)
 
@@ -393,6 +408,26 @@ class Tricks:
         for trick in self.tricks:
             trick.after_backward(closure, st)
         st.micro_step += 1
+        st.window += 1
+
+    def window_ends(self, boundary: bool | None = None) -> bool:
+        """Whether the coming micro-batch ends its accumulation window: the
+        ``accumulate``-th since the last optimizer step, or as forced by ``boundary``."""
+        if boundary is None:
+            return self.state.window + 1 >= self.accumulate
+        return bool(boundary)
+
+    def close_window(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make the window's gradient the mean over its micro-batches and start a new
+        window. Each micro-batch was weighted ``1/accumulate``; a window of ``m !=
+        accumulate`` micro-batches (forced by ``boundary``) is rescaled by ``accumulate/m``.
+        Integrations that own the optimizer step call it before stepping."""
+        m, self.state.window = self.state.window, 0
+        if self._weighted or m in (0, self.accumulate):
+            return
+        grads = optimizer_grads(optimizer)
+        if grads:
+            torch._foreach_mul_(grads, self.accumulate / m)
 
     def _micro_weight(self, num_items: int | float | None) -> float:
         if num_items is None:
@@ -414,8 +449,13 @@ class Tricks:
             scaler.unscale_(optimizer)
         if self._weighted:
             self._normalise_by_items(model, optimizer)
+        self.close_window(optimizer)
         for trick in self.tricks:
             trick.before_step(optimizer, st)
+        if self.max_grad_norm is not None:
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if params:
+                st.grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm).detach()
         if scaler is not None:
             scale_before = scaler.get_scale()
             scaler.step(optimizer)
@@ -443,6 +483,7 @@ class Tricks:
         if grads:
             torch._foreach_mul_(grads, factor / float(total))
         self._window_items, self._weighted = 0.0, False
+        self.state.window = 0
 
     # ------------------------------------------------------------------ epochs, state
     def epoch_end(self) -> None:
@@ -457,6 +498,7 @@ class Tricks:
         return {
             "step": st.step,
             "micro_step": st.micro_step,
+            "window": st.window,
             "epoch": st.epoch,
             "scaler": self._scaler.state_dict() if self._scaler is not None else None,
             "tricks": [(type(t).__name__, t.state_dict()) for t in self.tricks],
@@ -475,6 +517,7 @@ class Tricks:
             state_dict["micro_step"],
             state_dict["epoch"],
         )
+        st.window = state_dict.get("window", st.micro_step % self.accumulate)
         if state_dict["scaler"] is not None:
             if self._scaler is not None:
                 self._scaler.load_state_dict(state_dict["scaler"])
@@ -488,7 +531,8 @@ class Tricks:
 
     def __repr__(self) -> str:
         return (
-            f"Tricks({self.tricks!r}, accumulate={self.accumulate}, amp={self.amp!r})"
+            f"Tricks({self.tricks!r}, accumulate={self.accumulate}, amp={self.amp!r}, "
+            f"max_grad_norm={self.max_grad_norm})"
         )
 
 

@@ -60,13 +60,69 @@ def test_uneven_micro_batches_with_num_items_equal_one_big_batch():
     assert_params_close(model, ref, atol=1e-6)
 
 
-def test_boundary_true_forces_a_step_on_a_partial_window():
-    model, opt = _model64(), None
+def _plain_sgd_step(model, micro_batches, lr):
+    """The reference: one SGD step on the concatenation of the micro-batches (equal sizes,
+    so the big batch's mean loss is the mean of the micro-batch losses)."""
+    big = {k: torch.cat([m[k] for m in micro_batches]) for k in micro_batches[0]}
+    model.zero_grad()
+    _loss64(model, big)[0].backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= lr * p.grad
+    model.zero_grad()
+
+
+@pytest.mark.parametrize("amp_scaler", [False, True])
+def test_every_window_full_or_forced_partial_equals_a_plain_step_on_its_micro_batches(amp_scaler):
+    """accumulate=4, epochs of 5 micro-batches, boundary=True on each epoch's last: windows
+    are [0-3], [4] | [5-8], [9] | ... counted from the last step, and each update equals a
+    plain step on the concatenated micro-batches of its window (regression: the window used
+    to be counted from a never-reset counter, giving shrunk updates from epoch 2 on)."""
+    lr, k, per_epoch, epochs = 0.3, 4, 5, 3
+    model, ref = _model64(), _model64()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if amp_scaler else None
+    tricks = Tricks(accumulate=k, grad_scaler=scaler)
+    window: list[dict] = []
+    steps_after = []
+    for epoch in range(epochs):
+        for i in range(per_epoch):
+            micro = make_batch(n=4, seed=100 * epoch + i)
+            window.append(micro)
+            state = tricks.step(model, opt, micro, _loss64, boundary=True if i == per_epoch - 1 else None)
+            if state.stepped:
+                steps_after.append(epoch * per_epoch + i)
+                _plain_sgd_step(ref, window, lr)
+                window = []
+                assert_params_close(model, ref, atol=1e-12)
+        tricks.epoch_end()
+    assert steps_after == [3, 4, 8, 9, 13, 14]
+    assert tricks.state.window == 0
+
+
+def test_boundary_false_extends_a_window_and_its_mean_covers_every_micro_batch():
+    lr = 0.2
+    model, ref = _model64(), _model64()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    tricks = Tricks(accumulate=2)
+    micros = [make_batch(n=4, seed=s) for s in range(3)]
+    assert not tricks.step(model, opt, micros[0], _loss64).stepped
+    assert not tricks.step(model, opt, micros[1], _loss64, boundary=False).stepped
+    assert tricks.step(model, opt, micros[2], _loss64).stepped  # window of 3 >= accumulate
+    _plain_sgd_step(ref, micros, lr)
+    assert_params_close(model, ref, atol=1e-12)
+
+
+def test_window_survives_a_state_dict_round_trip():
+    model = _model64()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    tricks = Tricks(accumulate=4)
-    tricks.step(model, opt, make_batch(seed=0), _loss64)
-    state = tricks.step(model, opt, make_batch(seed=1), _loss64, boundary=True)
-    assert state.stepped and state.step == 1
+    tricks = Tricks(accumulate=3)
+    tricks.step(model, opt, make_batch(seed=0), _loss64, boundary=True)
+    tricks.step(model, opt, make_batch(seed=1), _loss64)
+    fresh = Tricks(accumulate=3)
+    fresh.load_state_dict(tricks.state_dict())
+    assert fresh.state.window == 1 and fresh.state.micro_step == 2
+    assert not fresh.window_ends() and fresh.state.step == 1
 
 
 def test_clip_grad_norm_matches_torch_by_hand():
@@ -310,7 +366,7 @@ def test_non_scalar_loss_is_rejected_with_its_shape():
 def test_other_bad_inputs():
     with pytest.raises(TypeError, match="Trick"):
         Tricks([object()])
-    with pytest.raises(ValueError, match="max_norm must be a finite number > 0, got -1"):
+    with pytest.raises(ValueError, match="max_grad_norm must be a finite number > 0 .*got -1"):
         Tricks(max_grad_norm=-1)
     model = TinyTextClassifier()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -135,6 +135,25 @@ def test_manual_fgm_ema_with_accumulation_equals_custom_loop():
         torch.testing.assert_close(shadow, ref_ema.shadow[name], atol=1e-6, rtol=0)
 
 
+def test_manual_step_flushes_the_epochs_partial_window():
+    """5 batches an epoch with accumulate=4: manual_step steps after batches 4 and 5 of each
+    epoch (the last window is the mean over its 1 batch), as Tricks does with
+    boundary=True on the epoch's last batch; no gradient carries into the next epoch."""
+    batch = make_batch(n=10, seed=7)
+    torch.manual_seed(0)
+    net = TinyTextClassifier()
+    ref = copy.deepcopy(net)
+    callback = DanluCallback(danlu.Tricks([], accumulate=4))
+    fit(Classifier(net, manual=True), loader(batch, 2), callback, steps=-1, max_epochs=2)
+    assert callback.tricks.state.step == 4
+    opt = torch.optim.SGD(ref.parameters(), lr=LR)
+    runner = danlu.Tricks(accumulate=4)
+    for _ in range(2):
+        for i, b in enumerate(chunks(batch, 2)):
+            runner.step(ref, opt, b, loss_fn, boundary=True if i == 4 else None)
+    assert_params_close(net, ref, atol=1e-6)
+
+
 def test_backward_tricks_need_manual_optimisation():
     torch.manual_seed(0)
     net = TinyTextClassifier()

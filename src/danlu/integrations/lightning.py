@@ -15,7 +15,8 @@ step happened and the GradScaler did not skip it (under :func:`manual_step`: rig
 Adversarial training and loss wrappers (FGM, PGD, AWP, R-Drop, focal, mixup) need the
 backward pass, which Lightning's automatic optimisation keeps to itself: use manual
 optimisation and :func:`manual_step`, which runs danlu's micro-batch hooks with
-``self.manual_backward`` and steps the optimizer every ``accumulate`` micro-batches::
+``self.manual_backward`` and steps the optimizer every ``accumulate`` micro-batches and on
+the epoch's last batch (a partial window: the mean over its micro-batches)::
 
     class Module(L.LightningModule):
         def __init__(self, net):
@@ -189,14 +190,19 @@ def _callback(module: Any) -> DanluCallback:
     return found[0]
 
 
-def manual_step(module: Any, batch: Any, loss_fn: LossFn) -> State:
+def manual_step(
+    module: Any, batch: Any, loss_fn: LossFn, *, boundary: bool | None = None
+) -> State:
     """One micro-batch of danlu's hooks under Lightning manual optimisation.
 
     Runs ``on_batch``, the ``compute_loss`` chain around ``loss_fn(module, batch)``,
     ``module.manual_backward(loss / accumulate)``, every ``after_backward(closure, state)``
-    (FGM, PGD, AWP: ``closure()`` re-runs the chain and the same backward), and at each
-    ``accumulate``-th call ``optimizer.step()``, ``after_step`` (unless the GradScaler skipped
-    the step) and ``zero_grad()``; ``before_step`` runs from the ``DanluCallback`` on
+    (FGM, PGD, AWP: ``closure()`` re-runs the chain and the same backward), and at the end of
+    each accumulation window ``optimizer.step()``, ``after_step`` (unless the GradScaler
+    skipped the step) and ``zero_grad()``. A window ends after ``accumulate`` micro-batches
+    or on the epoch's last batch (``trainer.is_last_batch``), whose partial window of m
+    micro-batches steps with the mean over those m, so no gradient leaks into the next
+    epoch; ``before_step`` runs from the ``DanluCallback`` on
     Lightning's ``on_before_optimizer_step``, after its fp16 unscale. Call it from ``training_step`` with
     ``self.automatic_optimization = False``; the tricks and ``accumulate`` come from the
     trainer's :class:`DanluCallback`. Under DDP the gradients are synchronised on every
@@ -206,6 +212,9 @@ def manual_step(module: Any, batch: Any, loss_fn: LossFn) -> State:
         module: the ``LightningModule`` (one optimizer).
         batch: the batch ``training_step`` received.
         loss_fn: ``loss_fn(module, batch) -> loss`` or ``(loss, logits)``, mean-reduced.
+        boundary: force (``True``) or suppress (``False``) the optimizer step after this
+            micro-batch; ``None``: every ``accumulate`` micro-batches and on the epoch's
+            last batch.
 
     Returns:
         the danlu :class:`~danlu.State` (``loss``, ``logits``, ``step``, ``stepped``).
@@ -227,7 +236,9 @@ def manual_step(module: Any, batch: Any, loss_fn: LossFn) -> State:
         raise ValueError(f"manual_step drives one optimizer, the module has {len(optimizer)}")
     st = tricks.state
     st.model, st.optimizer, st.scaler = module, optimizer.optimizer, _scaler(module.trainer)
-    st.is_boundary = (st.micro_step + 1) % tricks.accumulate == 0
+    if boundary is None and module.trainer.is_last_batch:
+        boundary = True
+    st.is_boundary = tricks.window_ends(boundary)
     st.stepped = False
     for trick in tricks:
         batch = trick.on_batch(batch, st)
@@ -236,6 +247,9 @@ def manual_step(module: Any, batch: Any, loss_fn: LossFn) -> State:
         module, batch, loss_fn, lambda loss: module.manual_backward(loss * weight)
     )
     if st.is_boundary:
+        # the window's mean over its micro-batches (Lightning's fp16 unscale inside step()
+        # is linear, so rescaling the scaled gradients first is the same)
+        tricks.close_window(optimizer.optimizer)
         optimizer.step()
         callback._after_optimizer_step(module.trainer)
         optimizer.zero_grad(set_to_none=True)
