@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -124,3 +126,19 @@ class TextbookPGD:
                 self.restore_grad()
             closure()
         self.restore()
+
+
+@contextlib.contextmanager
+def window_set_aside(model):
+    """The reference for adversarial tricks under accumulation: run one micro-batch as if
+    it were alone (earlier gradients of the window put aside), then add them back."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    stash = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        yield
+    finally:
+        for p, g in zip(params, stash):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g

@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from _adversarial_models import TextbookFGM, batch, loss_fn, make
+from _adversarial_models import TextbookFGM, batch, loss_fn, make, window_set_aside
 from helpers import assert_params_close
 
 from danlu import Tricks
-from danlu.adversarial import FGM, fgm_delta
+from danlu.adversarial import FGM, PGD, fgm_delta
 
 
 @pytest.mark.parametrize("kind", ["bert", "gru"])
@@ -41,24 +41,48 @@ def test_perturbation_and_grads_match_textbook(kind):
 
 
 @pytest.mark.parametrize("kind", ["bert", "gru"])
-def test_training_through_tricks_matches_textbook_loop_with_accumulation(kind):
+def test_training_through_tricks_under_accumulation_attacks_each_micro_batch_alone(kind):
+    """Each micro-batch's attack equals FGM on that micro-batch alone (the textbook loop
+    uses the window's running gradient sum instead: issue 14, defect 4)."""
     model, emb_name = make(kind)
     ref = copy.deepcopy(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
-    tricks = Tricks([FGM(model, eps=0.5)], accumulate=2)
+    tricks = Tricks([FGM(model, eps=0.5)], accumulate=3)
     tb = TextbookFGM(ref, emb_name, eps=0.5)
     for i in range(6):
         b = batch(seed=i)
         tricks.step(model, opt, b, loss_fn)
-        (loss_fn(ref, b)[0] / 2).backward()
-        tb.attack()
-        (loss_fn(ref, b)[0] / 2).backward()
-        tb.restore()
-        if i % 2 == 1:
+        with window_set_aside(ref):
+            (loss_fn(ref, b)[0] / 3).backward()
+            tb.attack()
+            (loss_fn(ref, b)[0] / 3).backward()
+            tb.restore()
+        if i % 3 == 2:
             ref_opt.step()
             ref_opt.zero_grad()
     assert_params_close(model, ref, atol=1e-9)
+
+
+def test_each_micro_batch_perturbation_has_norm_eps_and_only_its_own_rows():
+    model, _ = make("gru")
+    fgm = FGM(model, eps=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+
+    def recording_loss(m, b):
+        if fgm.attacked:
+            delta = fgm.weight.detach()[fgm._rows] - fgm._backup
+            seen.append((torch.linalg.vector_norm(delta).item(), set(fgm._rows.tolist())))
+        return loss_fn(m, b)
+
+    tricks = Tricks([fgm], accumulate=4)
+    for i in range(4):
+        b = {**batch(n=2, seq=3, seed=i)}
+        b["input_ids"] = b["input_ids"] % 10 + 10 * i  # disjoint rows per micro-batch
+        tricks.step(model, opt, b, recording_loss)
+        assert seen[-1][1] <= set(b["input_ids"].flatten().tolist())
+    assert [round(n, 6) for n, _ in seen] == [1.0] * 4
 
 
 def test_sparse_embedding_gradient():
@@ -163,3 +187,34 @@ def test_through_torch_compile_matches_eager():
         for i in range(2):
             tricks.step(wrapped, opt, batch(seed=i), loss_fn)
     assert_params_close(model, ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", [FGM, PGD])
+def test_a_frozen_embedding_is_refused_with_the_way_out(cls):
+    model, _ = make("gru")
+    model.emb.weight.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"frozen \(requires_grad=False.*Unfreeze it.*forward hook"):
+        cls(model)
+
+
+def test_no_attack_means_no_second_pass_so_the_gradient_is_the_clean_one():
+    """An attack that moves nothing (here the embedding is frozen after construction) must
+    not run the closure: a second clean pass would double every gradient (issue 14)."""
+    model, _ = make("gru")
+    ref = copy.deepcopy(model)
+    fgm = FGM(model, eps=1.0)
+    model.emb.weight.requires_grad_(False)
+    ref.emb.weight.requires_grad_(False)
+    calls = []
+
+    def counting_loss(m, b):
+        calls.append(1)
+        return loss_fn(m, b)
+
+    b = batch(seed=3)
+    Tricks([fgm]).forward_backward(model, b, counting_loss, lambda loss: loss.backward())
+    loss_fn(ref, b)[0].backward()
+    assert len(calls) == 1
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)

@@ -252,6 +252,9 @@ class AttentionNoise(Trick):
     def after_backward(self, closure: Callable[[], torch.Tensor], state: State) -> None:
         if not self._grads:
             return
+        if not self.attack():
+            self._noise = []
+            return  # nothing to perturb with: a second clean pass would double the gradient
         self._attacking = True
         try:
             with self.perturbed():

@@ -5,12 +5,17 @@ The textbook version clones, perturbs and copies back the whole embedding table 
 for BERT) on every step. Only the rows with a non-zero gradient can move, so danlu finds
 them in one read of the gradient (which also gives ‖g‖) and backs up, perturbs and
 restores just those rows.
+
+The direction is this micro-batch's own gradient: a tensor hook records the gradient each
+backward brings to the embedding before it is added to ``.grad``, which under accumulation
+also holds the window's earlier micro-batches.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
@@ -19,7 +24,7 @@ from torch import nn
 from danlu._embeddings import Target, check_positive, find_embedding
 from danlu.core import Order, State, Trick
 
-__all__ = ["accumulate_dtype", "grad_rows", "fgm_delta", "FGM"]
+__all__ = ["accumulate_dtype", "grad_rows", "fgm_delta", "trainable_embedding", "FGM"]
 
 
 def accumulate_dtype(t: torch.Tensor) -> torch.dtype:
@@ -64,20 +69,53 @@ def fgm_delta(grad: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tenso
     return rows, g.to(norm.dtype).mul(eps / norm_value)
 
 
+def trainable_embedding(model: nn.Module, target: Target, trick: str) -> nn.Parameter:
+    """:func:`find_embedding`'s weight, refused when it is frozen: a frozen weight gets no
+    gradient, so a weight-space attack would silently do nothing."""
+    weight = find_embedding(model, target)
+    if not weight.requires_grad:
+        raise ValueError(
+            f"{trick} perturbs the input embedding's weight {tuple(weight.shape)}, which is "
+            "frozen (requires_grad=False: frozen embeddings, LoRA/PEFT adapters), so it gets "
+            "no gradient and the attack would do nothing. Unfreeze it "
+            "(weight.requires_grad_(True)), or perturb the embedding's output through a "
+            "forward hook instead (see docs/adversarial.md: FreeLB and the hook mode)"
+        )
+    return weight
+
+
+def record_incoming_grad(weight: torch.Tensor, owner: object) -> torch.utils.hooks.RemovableHandle:
+    """Keep the gradient a backward brings to ``weight`` in ``owner._incoming`` when it is
+    added onto an existing ``.grad`` (a later micro-batch of an accumulation window); None
+    when ``.grad`` was empty, so ``.grad`` is then that backward's gradient alone. Holding
+    only those avoids a copy: autograd takes the incoming tensor as ``.grad`` when nothing
+    else refers to it. The hook holds ``owner`` only weakly."""
+    ref = weakref.ref(owner)
+
+    def hook(grad: torch.Tensor) -> None:
+        obj = ref()
+        if obj is not None:
+            obj._incoming = None if weight.grad is None else grad
+
+    return weight.register_hook(hook)
+
+
 class FGM(Trick):
     """Fast gradient method on the input embedding: ``attack()`` adds ``eps · g/‖g‖`` to the
     embedding rows the last backward reached, ``restore()`` puts them back bit-exactly.
 
     Drop-in object and :class:`~danlu.Trick` in one: inside ``Tricks`` it runs the
     adversarial forward+backward (``closure()``) after every micro-batch's backward, so
-    the final gradient is clean + adversarial.
+    the final gradient is clean + adversarial. The direction ``g`` is the gradient of the
+    last backward alone (under accumulation, not the window's running sum), and when there
+    is nothing to attack with (no gradient, ‖g‖ 0 or not finite) no adversarial pass runs.
 
     Args:
         model: the model (DDP / ``torch.compile`` wrappers are looked through).
         eps: the perturbation norm (> 0); 1.0 is the usual choice for BERT, 0.1–0.5 for
             small randomly initialised embeddings.
         target: which embedding to perturb (see :func:`find_embedding`); default the
-            model's input embedding.
+            model's input embedding. A frozen embedding is refused with a ValueError.
 
     Example:
         >>> fgm = FGM(model, eps=1.0)
@@ -92,9 +130,16 @@ class FGM(Trick):
 
     def __init__(self, model: nn.Module, eps: float = 1.0, target: Target = None) -> None:
         self.eps = check_positive("eps", eps)
-        self.weight = find_embedding(model, target)
+        self.weight = trainable_embedding(model, target, "FGM")
         self._rows: torch.Tensor | None = None
         self._backup: torch.Tensor | None = None
+        self._incoming: torch.Tensor | None = None
+        self._hook = record_incoming_grad(self.weight, self)
+
+    def own_grad(self) -> torch.Tensor | None:
+        """The embedding gradient of the last backward alone (falls back to ``.grad`` when
+        no backward has run since the last attack)."""
+        return self.weight.grad if self._incoming is None else self._incoming
 
     @property
     def attacked(self) -> bool:
@@ -106,7 +151,7 @@ class FGM(Trick):
         is no gradient or its norm is 0 or not finite."""
         if self._rows is not None:
             raise RuntimeError("FGM.attack() called twice: call restore() first")
-        grad = self.weight.grad
+        grad, self._incoming = self.own_grad(), None
         step = None if grad is None else fgm_delta(grad, self.eps)
         if step is None:
             return False
@@ -119,6 +164,7 @@ class FGM(Trick):
 
     def restore(self) -> None:
         """Copy the original rows back (bit-exact); a no-op when not attacked."""
+        self._incoming = None  # the adversarial backward's gradient steers nothing
         if self._rows is None:
             return
         with torch.no_grad():
@@ -135,8 +181,12 @@ class FGM(Trick):
             self.restore()
 
     def after_backward(self, closure: Callable[[], torch.Tensor], state: State) -> None:
-        with self.perturbed():
+        if not self.attack():
+            return  # nothing moved: a second clean pass would double the gradient
+        try:
             closure()
+        finally:
+            self.restore()
 
     def __repr__(self) -> str:
         return f"FGM(eps={self.eps})"

@@ -20,8 +20,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from danlu._embeddings import Target, check_positive, check_steps, find_embedding
-from danlu.adversarial.fgm import accumulate_dtype, fgm_delta
+from danlu._embeddings import Target, check_positive, check_steps
+from danlu.adversarial.fgm import (
+    accumulate_dtype,
+    fgm_delta,
+    record_incoming_grad,
+    trainable_embedding,
+)
 from danlu.core import Order, State, Trick
 
 __all__ = ["project_rows", "PGD"]
@@ -75,10 +80,14 @@ class PGD(Trick):
         self.alpha = check_positive("alpha", alpha)
         self.steps = check_steps(steps)
         self.model = model
-        self.weight = find_embedding(model, target)
+        self.weight = trainable_embedding(model, target, "PGD")
         self._rows: torch.Tensor | None = None
         self._backup: torch.Tensor | None = None
         self._pos: torch.Tensor | None = None  # row id -> position in _rows (-1: absent)
+        # the gradient of the last backward alone: under accumulation .grad also holds the
+        # window's earlier micro-batches, which must not steer this micro-batch's attack
+        self._incoming: torch.Tensor | None = None
+        self._hook = record_incoming_grad(self.weight, self)
 
     @property
     def attacked(self) -> bool:
@@ -97,7 +106,9 @@ class PGD(Trick):
             self._rows = torch.empty(0, dtype=torch.long, device=w.device)
             self._backup = w.new_empty((0, w.shape[1]))
             self._pos = torch.full((w.shape[0],), -1, dtype=torch.long, device=w.device)
-        step = None if w.grad is None else fgm_delta(w.grad, self.alpha)
+        grad = w.grad if self._incoming is None else self._incoming
+        self._incoming = None
+        step = None if grad is None else fgm_delta(grad, self.alpha)
         if step is None:
             return False
         rows, r = step
@@ -116,6 +127,7 @@ class PGD(Trick):
 
     def restore(self) -> None:
         """Copy the original rows back (bit-exact); a no-op when not attacked."""
+        self._incoming = None
         if self._rows is None:
             return
         with torch.no_grad():
@@ -125,7 +137,8 @@ class PGD(Trick):
     def run(self, closure: Callable[[], object], model: nn.Module | None = None) -> None:
         """The K adversarial passes after a clean backward. ``closure()`` must run forward
         and backward on the same batch. Afterwards the gradients are clean + the last
-        adversarial pass's, and the embedding is restored exactly."""
+        adversarial pass's, and the embedding is restored exactly. When the first step has
+        nothing to attack with (no gradient, norm 0 or not finite) no pass runs."""
         model = self.model if model is None else model
         w = self.weight
         clean = w.grad
@@ -137,7 +150,8 @@ class PGD(Trick):
         )
         try:
             for t in range(self.steps):
-                self.attack(first=t == 0)
+                if not self.attack(first=t == 0) and t == 0:
+                    return  # nothing moved: an adversarial pass would repeat the clean one
                 if t == self.steps - 1:
                     w.grad = clean
                     closure()
