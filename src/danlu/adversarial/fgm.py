@@ -9,6 +9,11 @@ restores just those rows.
 The direction is this micro-batch's own gradient: a tensor hook records the gradient each
 backward brings to the embedding before it is added to ``.grad``, which under accumulation
 also holds the window's earlier micro-batches.
+
+``mode="hook"`` perturbs the embedding's *output* instead (``r = eps · g/‖g‖`` with ``g``
+the gradient of the output), through a forward hook: it works when the weight is frozen
+(LoRA/PEFT) or sharded (FSDP2), never writes the weight, and does not touch an output layer
+tied to the embedding (GPT-2's ``lm_head``).
 """
 
 from __future__ import annotations
@@ -17,12 +22,18 @@ import contextlib
 import math
 import weakref
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
-from danlu._embeddings import Target, check_positive, find_embedding
+from danlu._embeddings import Target, check_positive, find_embedding, find_embedding_module
 from danlu.core import Order, State, Trick
+
+if TYPE_CHECKING:
+    from danlu.adversarial._output import OutputAttack
+
+Mode = Literal["weight", "hook"]
 
 __all__ = ["accumulate_dtype", "grad_rows", "fgm_delta", "trainable_embedding", "FGM"]
 
@@ -70,8 +81,9 @@ def fgm_delta(grad: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tenso
 
 
 def trainable_embedding(model: nn.Module, target: Target, trick: str) -> nn.Parameter:
-    """:func:`find_embedding`'s weight, refused when it is frozen: a frozen weight gets no
-    gradient, so a weight-space attack would silently do nothing."""
+    """:func:`find_embedding`'s weight, refused when it is frozen (it gets no gradient, so
+    a weight-space attack would silently do nothing) or an FSDP2 shard (``DTensor``: its
+    rows are spread over the ranks)."""
     weight = find_embedding(model, target)
     if not weight.requires_grad:
         raise ValueError(
@@ -79,9 +91,33 @@ def trainable_embedding(model: nn.Module, target: Target, trick: str) -> nn.Para
             "frozen (requires_grad=False: frozen embeddings, LoRA/PEFT adapters), so it gets "
             "no gradient and the attack would do nothing. Unfreeze it "
             "(weight.requires_grad_(True)), or perturb the embedding's output through a "
-            "forward hook instead (see docs/adversarial.md: FreeLB and the hook mode)"
+            f"forward hook: {trick}(model, ..., mode='hook') (FreeLB always does)"
+        )
+    if hasattr(weight, "device_mesh"):
+        raise ValueError(
+            f"{trick} in weight mode perturbs rows of the input embedding's weight, which is "
+            "sharded by FSDP2 (a DTensor: each rank holds a slice of the rows). Attack the "
+            f"embedding's output instead: {trick}(model, ..., mode='hook') (FreeLB always "
+            "does)"
         )
     return weight
+
+
+def check_mode(mode: str) -> str:
+    if mode not in ("weight", "hook"):
+        raise ValueError(
+            f"mode must be 'weight' (perturb the embedding weight's rows) or 'hook' (perturb "
+            f"the embedding's output: frozen, LoRA or sharded embeddings), got {mode!r}"
+        )
+    return mode
+
+
+def output_attack(model: nn.Module, target: Target) -> OutputAttack:
+    """The hook-mode attack on the output of :func:`find_embedding_module` (imported on
+    first use)."""
+    from danlu.adversarial._output import OutputAttack
+
+    return OutputAttack(find_embedding_module(model, target))
 
 
 def record_incoming_grad(weight: torch.Tensor, owner: object) -> torch.utils.hooks.RemovableHandle:
@@ -110,12 +146,20 @@ class FGM(Trick):
     last backward alone (under accumulation, not the window's running sum), and when there
     is nothing to attack with (no gradient, ‖g‖ 0 or not finite) no adversarial pass runs.
 
+    ``mode="hook"`` adds ``eps · g/‖g‖`` to the embedding's output (``g`` its gradient in
+    the last backward, recorded by a forward hook that stays on the module until
+    :meth:`remove`), the way to attack a frozen (LoRA/PEFT), FSDP2-sharded or output-tied
+    (GPT-2 LM) embedding; the weight is never written. Call :meth:`attack` right after the
+    backward: the next grad-enabled forward starts a new recording.
+
     Args:
         model: the model (DDP / ``torch.compile`` wrappers are looked through).
         eps: the perturbation norm (> 0); 1.0 is the usual choice for BERT, 0.1–0.5 for
             small randomly initialised embeddings.
         target: which embedding to perturb (see :func:`find_embedding`); default the
-            model's input embedding. A frozen embedding is refused with a ValueError.
+            model's input embedding. In weight mode a frozen or sharded embedding is
+            refused with a ValueError that points to the hook mode.
+        mode: ``"weight"`` (default: the rows the batch used) or ``"hook"`` (the output).
 
     Example:
         >>> fgm = FGM(model, eps=1.0)
@@ -124,16 +168,25 @@ class FGM(Trick):
         ...     loss_fn(model, batch).backward()
         >>> optimizer.step(); optimizer.zero_grad()
         >>> tricks = danlu.Tricks([FGM(model, eps=1.0)])   # the same, composed
+        >>> lora_fgm = FGM(peft_model, eps=1.0, mode="hook")  # frozen base embedding
     """
 
     order = Order.ADVERSARIAL
 
-    def __init__(self, model: nn.Module, eps: float = 1.0, target: Target = None) -> None:
+    def __init__(
+        self, model: nn.Module, eps: float = 1.0, target: Target = None, mode: Mode = "weight"
+    ) -> None:
         self.eps = check_positive("eps", eps)
-        self.weight = trainable_embedding(model, target, "FGM")
+        self.mode = check_mode(mode)
         self._rows: torch.Tensor | None = None
         self._backup: torch.Tensor | None = None
         self._incoming: torch.Tensor | None = None
+        self._output: OutputAttack | None = None
+        if mode == "hook":
+            self.weight = find_embedding(model, target)
+            self._output = output_attack(model, target)
+            return
+        self.weight = trainable_embedding(model, target, "FGM")
         self._hook = record_incoming_grad(self.weight, self)
 
     def own_grad(self) -> torch.Tensor | None:
@@ -144,13 +197,18 @@ class FGM(Trick):
     @property
     def attacked(self) -> bool:
         """Whether the embedding is currently perturbed."""
+        if self._output is not None:
+            return self._output.delta is not None
         return self._rows is not None
 
     def attack(self) -> bool:
-        """Perturb the rows with a gradient; returns False (and changes nothing) when there
-        is no gradient or its norm is 0 or not finite."""
-        if self._rows is not None:
+        """Perturb the rows with a gradient (or, in hook mode, the output); returns False
+        (and changes nothing) when there is no gradient or its norm is 0 or not finite."""
+        if self.attacked:
             raise RuntimeError("FGM.attack() called twice: call restore() first")
+        if self._output is not None:
+            self._output.delta = self._output.take_step(self.eps)
+            return self._output.delta is not None
         grad, self._incoming = self.own_grad(), None
         step = None if grad is None else fgm_delta(grad, self.eps)
         if step is None:
@@ -163,13 +221,25 @@ class FGM(Trick):
         return True
 
     def restore(self) -> None:
-        """Copy the original rows back (bit-exact); a no-op when not attacked."""
+        """Copy the original rows back (bit-exact), or stop perturbing the output; a no-op
+        when not attacked."""
         self._incoming = None  # the adversarial backward's gradient steers nothing
+        if self._output is not None:
+            self._output.delta = None
         if self._rows is None:
             return
         with torch.no_grad():
             self.weight.index_copy_(0, self._rows, self._backup)
         self._rows = self._backup = None
+
+    def remove(self) -> None:
+        """Take this FGM's hook off the model (the gradient hook on the weight, or the
+        forward hook of the hook mode); the object is unusable afterwards."""
+        self.restore()
+        if self._output is not None:
+            self._output.remove()
+        else:
+            self._hook.remove()
 
     @contextlib.contextmanager
     def perturbed(self) -> Iterator[FGM]:
@@ -189,4 +259,4 @@ class FGM(Trick):
             self.restore()
 
     def __repr__(self) -> str:
-        return f"FGM(eps={self.eps})"
+        return f"FGM(eps={self.eps}, mode={self.mode!r})"

@@ -16,18 +16,25 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from danlu._embeddings import Target, check_positive, check_steps
+from danlu._embeddings import Target, check_positive, check_steps, find_embedding
 from danlu.adversarial.fgm import (
+    Mode,
     accumulate_dtype,
+    check_mode,
     fgm_delta,
+    output_attack,
     record_incoming_grad,
     trainable_embedding,
 )
 from danlu.core import Order, State, Trick
+
+if TYPE_CHECKING:
+    from danlu.adversarial._output import OutputAttack
 
 __all__ = ["project_rows", "PGD"]
 
@@ -57,6 +64,10 @@ class PGD(Trick):
         alpha: size of each ascent step (> 0); commonly 0.3 with eps 1.0.
         steps: ascent steps K (>= 1); each costs one extra forward+backward.
         target: which embedding to perturb (see :func:`find_embedding`).
+        mode: ``"weight"`` (default: the rows the batch used) or ``"hook"``: the steps move
+            a perturbation of the embedding's *output* (projected onto the eps-ball of the
+            whole output tensor) added by a forward hook, for frozen (LoRA/PEFT), sharded
+            (FSDP2) or output-tied embeddings; see :class:`~danlu.adversarial.FGM`.
 
     Example:
         >>> pgd = PGD(model, eps=1.0, alpha=0.3, steps=3)
@@ -75,32 +86,52 @@ class PGD(Trick):
         alpha: float = 0.3,
         steps: int = 3,
         target: Target = None,
+        mode: Mode = "weight",
     ) -> None:
         self.eps = check_positive("eps", eps)
         self.alpha = check_positive("alpha", alpha)
         self.steps = check_steps(steps)
+        self.mode = check_mode(mode)
         self.model = model
-        self.weight = trainable_embedding(model, target, "PGD")
         self._rows: torch.Tensor | None = None
         self._backup: torch.Tensor | None = None
         self._pos: torch.Tensor | None = None  # row id -> position in _rows (-1: absent)
         # the gradient of the last backward alone: under accumulation .grad also holds the
         # window's earlier micro-batches, which must not steer this micro-batch's attack
         self._incoming: torch.Tensor | None = None
+        self._output: OutputAttack | None = None
+        self._active = False  # hook mode: between attack(first=True) and restore()
+        if mode == "hook":
+            self.weight = find_embedding(model, target)
+            self._output = output_attack(model, target)
+            return
+        self.weight = trainable_embedding(model, target, "PGD")
         self._hook = record_incoming_grad(self.weight, self)
 
     @property
     def attacked(self) -> bool:
-        return self._rows is not None
+        return self._active if self._output is not None else self._rows is not None
+
+    def _attack_output(self, first: bool) -> bool:
+        out = self._output
+        self._active = True
+        step = out.take_step(self.alpha)
+        if step is None:
+            return False
+        current = step if first or out.delta is None else out.delta + step
+        out.delta = project_rows(current, torch.zeros_like(current), self.eps)
+        return True
 
     def attack(self, first: bool = False) -> bool:
         """One ascent step ``alpha · g/‖g‖`` from the current embedding gradient, projected
         onto the eps-ball; ``first=True`` starts a new attack (backs up the rows). Returns
         False when the step was skipped (no gradient, or its norm is 0 or not finite)."""
-        if first and self._rows is not None:
+        if first and self.attacked:
             raise RuntimeError("PGD.attack(first=True) while attacked: call restore() first")
-        if not first and self._rows is None:
+        if not first and not self.attacked:
             raise RuntimeError("PGD.attack() before attack(first=True)")
+        if self._output is not None:
+            return self._attack_output(first)
         w = self.weight
         if first:
             self._rows = torch.empty(0, dtype=torch.long, device=w.device)
@@ -126,8 +157,11 @@ class PGD(Trick):
         return True
 
     def restore(self) -> None:
-        """Copy the original rows back (bit-exact); a no-op when not attacked."""
+        """Copy the original rows back (bit-exact), or stop perturbing the output; a no-op
+        when not attacked."""
         self._incoming = None
+        if self._output is not None:
+            self._output.delta, self._active = None, False
         if self._rows is None:
             return
         with torch.no_grad():
@@ -148,6 +182,9 @@ class PGD(Trick):
             if isinstance(model, nn.parallel.DistributedDataParallel)
             else contextlib.nullcontext
         )
+        if self._output is not None:
+            self._run_hook(closure, model, no_sync)
+            return
         try:
             for t in range(self.steps):
                 if not self.attack(first=t == 0) and t == 0:
@@ -175,8 +212,41 @@ class PGD(Trick):
                 p.requires_grad_(True)
             self.restore()
 
+    def _run_hook(self, closure: Callable[[], object], model: nn.Module, no_sync) -> None:
+        # the inner passes need only the output's gradient: every parameter is frozen for
+        # them, so the clean gradients stay untouched and nothing is saved or restored
+        frozen: list[nn.Parameter] = []
+        try:
+            for t in range(self.steps):
+                if not self.attack(first=t == 0) and t == 0:
+                    return  # nothing moved: an adversarial pass would repeat the clean one
+                if t == self.steps - 1:
+                    for p in frozen:
+                        p.requires_grad_(True)
+                    frozen = []
+                    closure()
+                    break
+                if not frozen:
+                    frozen = [p for p in model.parameters() if p.requires_grad]
+                    for p in frozen:
+                        p.requires_grad_(False)
+                with no_sync():
+                    closure()
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+            self.restore()
+
+    def remove(self) -> None:
+        """Take this PGD's hook off the model (see :meth:`FGM.remove`)."""
+        self.restore()
+        if self._output is not None:
+            self._output.remove()
+        else:
+            self._hook.remove()
+
     def after_backward(self, closure: Callable[[], torch.Tensor], state: State) -> None:
         self.run(closure, state.model)
 
     def __repr__(self) -> str:
-        return f"PGD(eps={self.eps}, alpha={self.alpha}, steps={self.steps})"
+        return f"PGD(eps={self.eps}, alpha={self.alpha}, steps={self.steps}, mode={self.mode!r})"
