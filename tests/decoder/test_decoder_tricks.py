@@ -147,3 +147,19 @@ def test_causal_lm_rdrop_with_padding_mask():
     ref = 0.5 * (l1 + l2) + 2.0 * (kl * m).sum() / m.sum()  # pads count in neither term
     assert not torch.equal(z1, z2)
     torch.testing.assert_close(loss, ref, atol=1e-6, rtol=0)
+
+
+def test_fgm_on_a_tied_lm_embedding_warns_in_weight_mode_and_hook_mode_spares_the_head():
+    model = tiny_gpt2(lm=True)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    with pytest.warns(UserWarning, match="tied to Linear.*mode='hook'"):
+        FGM(model, eps=0.5)
+    batch = _lm_batch(seed=3)
+    fgm = FGM(model, eps=0.5, mode="hook")
+    loss, _ = _lm_loss(model, batch)
+    loss.backward()
+    weight = model.transformer.wte.weight.detach().clone()
+    with fgm.perturbed():  # the input is perturbed, the tied output layer is not
+        assert torch.equal(model.lm_head.weight, weight)
+        adv, _ = _lm_loss(model, batch)
+    assert adv.item() != loss.item()

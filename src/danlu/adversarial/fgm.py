@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from danlu._embeddings import Target, check_positive, find_embedding, find_embedding_module
-from danlu.core import Order, State, Trick
+from danlu.core import Order, State, Trick, unwrap_model
 
 if TYPE_CHECKING:
     from danlu.adversarial._output import OutputAttack
@@ -92,6 +93,15 @@ def trainable_embedding(model: nn.Module, target: Target, trick: str) -> nn.Para
             "no gradient and the attack would do nothing. Unfreeze it "
             "(weight.requires_grad_(True)), or perturb the embedding's output through a "
             f"forward hook: {trick}(model, ..., mode='hook') (FreeLB always does)"
+        )
+    tied = [m for m in unwrap_model(model).modules() if getattr(m, "weight", None) is weight]
+    if len(tied) > 1:
+        warnings.warn(
+            f"{trick}: the input embedding's weight is tied to "
+            f"{', '.join(type(m).__name__ for m in tied[1:])} (an output layer, as in GPT-2 / "
+            "BERT-MLM heads): weight mode perturbs that layer too, over every row its dense "
+            f"gradient reaches. {trick}(model, ..., mode='hook') perturbs the input only",
+            stacklevel=3,
         )
     if hasattr(weight, "device_mesh"):
         raise ValueError(
