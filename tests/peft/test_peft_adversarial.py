@@ -1,7 +1,8 @@
 """Adversarial tricks on LoRA models (frozen base embedding): FGM and PGD in hook mode
 perturb the embedding output (checked against the same attack written by hand through
 ``inputs_embeds``), leave the frozen weight bit-identical, and weight mode refuses a frozen
-embedding pointing to the hook mode; FreeLB, R-Drop, focal and embedding mixup run unchanged."""
+embedding pointing to the hook mode; FreeLB, AWP (on the adapters), R-Drop, focal, label
+smoothing and embedding mixup run unchanged."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_batch, split_batch
+from helpers import make_batch, split_batch, tiny_bert
 
 import danlu
-from danlu.adversarial import FGM, PGD, FreeLB, find_embedding
+from danlu.adversarial import AWP, FGM, PGD, FreeLB, find_embedding
 from danlu.core import State
 from danlu.data.mixup import EmbeddingMixup
-from danlu.loss import Focal, RDrop
+from danlu.loss import Focal, LabelSmoothing, RDrop
 
 pytest.importorskip("peft", reason="peft is not installed (extra 'peft')")
 pytest.importorskip("transformers", reason="transformers is not installed (extra 'hf')")
@@ -25,8 +26,12 @@ from _peft_models import hf_loss, lora_model, trainable  # noqa: E402
 
 def _embeds_loss(model, batch, delta=None):
     """The loss with the word-embedding output given directly (``inputs_embeds``), plus
-    ``delta``; returns (loss, the embedding output as a leaf that records its gradient)."""
-    emb = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_()
+    ``delta``; returns (loss, the embedding output, which keeps its gradient)."""
+    emb = model.get_input_embeddings()(batch["input_ids"])
+    if emb.requires_grad:  # full fine-tuning: the weight gets its gradient through it
+        emb.retain_grad()
+    else:
+        emb = emb.detach().requires_grad_()
     x = emb if delta is None else emb + delta
     out = model(inputs_embeds=x, attention_mask=batch["attention_mask"])
     return F.cross_entropy(out.logits, batch["labels"]), emb
@@ -36,15 +41,17 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in trainable(model).items()}
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "bert, full fine-tuning"])
 def test_fgm_hook_mode_matches_hand_attack_and_keeps_frozen_weight(arch):
-    model = lora_model(arch)
+    full = arch.endswith("tuning")
+    model = tiny_bert() if full else lora_model(arch)
     ref = copy.deepcopy(model)
     weight = find_embedding(model)
     frozen = weight.detach().clone()
-    assert not weight.requires_grad
-    with pytest.raises(ValueError, match="mode='hook'"):
-        FGM(model, eps=0.5)  # weight mode on a frozen embedding: refused, with the way out
+    assert weight.requires_grad == full
+    if not full:
+        with pytest.raises(ValueError, match="mode='hook'"):
+            FGM(model, eps=0.5)  # weight mode on a frozen embedding: refused, with the way out
     batch = make_batch(seed=3)
     fgm = FGM(model, eps=0.5, mode="hook")
     loss, _ = hf_loss(model, batch)
@@ -53,7 +60,8 @@ def test_fgm_hook_mode_matches_hand_attack_and_keeps_frozen_weight(arch):
     adv, _ = hf_loss(model, batch)
     adv.backward()
     fgm.restore()
-    assert torch.equal(weight, frozen) and weight.grad is None  # never written, no grad
+    assert torch.equal(weight, frozen)  # never written
+    assert (weight.grad is None) != full  # a frozen weight gets no gradient
 
     clean, emb = _embeds_loss(ref, batch)  # the same attack by hand on the output
     clean.backward()
@@ -112,7 +120,7 @@ def test_fgm_hook_mode_attacks_each_micro_batch_with_its_own_gradient():
         torch.testing.assert_close(p, dict(ref.named_parameters())[n], atol=1e-6, rtol=0)
 
 
-def test_freelb_rdrop_focal_and_mixup_run_unchanged_on_lora():
+def test_freelb_awp_rdrop_losses_and_mixup_run_unchanged_on_lora():
     model = lora_model("bert", hidden_dropout_prob=0.2)
     weight = find_embedding(model)
     frozen = weight.detach().clone()
@@ -120,7 +128,9 @@ def test_freelb_rdrop_focal_and_mixup_run_unchanged_on_lora():
     opt = torch.optim.SGD(trainable(model).values(), lr=0.1)
     for i, tricks in enumerate([[FreeLB(model, steps=2, alpha=0.1)],
                                 [RDrop(alpha=1.0), Focal(gamma=2.0)],
-                                [EmbeddingMixup(alpha=0.4, seed=0)]]):  # fmt: skip
+                                [EmbeddingMixup(alpha=0.4, seed=0)],
+                                [LabelSmoothing(0.1)],
+                                [AWP(model, adv_lr=0.1, adv_eps=0.01)]]):  # fmt: skip
         st = danlu.Tricks(tricks).step(model, opt, make_batch(seed=10 + i), hf_loss)
         assert torch.isfinite(st.loss)
     assert torch.equal(weight, frozen)
