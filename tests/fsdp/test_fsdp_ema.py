@@ -1,8 +1,8 @@
 """FSDP2 (``fully_shard``) on 2 gloo CPU processes: EMA keeps a shard-local shadow, gathers
 the full shadow on rank 0 equal to a single-process EMA on the same data, evaluates with the
-averaged shards and reloads a full state dict into a sharded EMA. FGM refuses the sharded
-embedding weight in weight mode and trains in hook mode like a single process attacking each
-rank's half on its own."""
+averaged shards and reloads a full state dict into a sharded EMA. FGM (weight mode) and SWA
+refuse the sharded model with errors naming the supported path; FGM and PGD in hook mode and
+FreeLB train like a single process attacking each rank's half on its own."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch.distributed as dist
 from helpers import TinyTextClassifier, loss_fn, make_batch, run_ddp
 
 import danlu
-from danlu.adversarial import FGM
-from danlu.optim import EMA
+from danlu.adversarial import FGM, PGD, FreeLB
+from danlu.optim import EMA, SWA
 
 STEPS, DECAY, LR = 4, 0.7, 0.5
 
@@ -44,27 +44,33 @@ def _halves(i):
     return [{k: v.chunk(2)[r] for k, v in make_batch(seed=i).items()} for r in range(2)]
 
 
-def _fsdp_fgm(rank):
-    model = _sharded_model()
-    try:
-        FGM(model)
-        refused = ""
-    except ValueError as err:
-        refused = str(err)
-    fgm = FGM(model, eps=0.5, mode="hook")
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    for i in range(2):
-        batch = _halves(i)[rank]
-        opt.zero_grad()
-        loss_fn(model, batch)[0].backward()
-        with fgm.perturbed():
-            loss_fn(model, batch)[0].backward()
-        opt.step()
-    return refused, {n: p.full_tensor() for n, p in model.named_parameters()}
+ATTACKS = {  # hook-mode attacks on the sharded embedding's output (FreeLB always is)
+    "fgm": lambda m: FGM(m, eps=0.5, mode="hook"),
+    "pgd": lambda m: PGD(m, eps=0.5, alpha=0.3, steps=2, mode="hook"),
+    "freelb": lambda m: FreeLB(m, steps=2, alpha=0.1, init_mag=0.0),
+}
+
+
+def _fsdp_attacks(rank):
+    refused = {}
+    for name, make in (("FGM", FGM), ("SWA", lambda m: SWA(m, start_step=1))):
+        try:
+            make(_sharded_model())
+        except ValueError as err:
+            refused[name] = str(err)
+    trained = {}
+    for name, make in ATTACKS.items():
+        model = _sharded_model()
+        opt = torch.optim.SGD(model.parameters(), lr=LR)
+        tricks = danlu.Tricks([make(model)])
+        for i in range(2):
+            tricks.step(model, opt, _halves(i)[rank], loss_fn)
+        trained[name] = {n: p.full_tensor() for n, p in model.named_parameters()}
+    return refused, trained
 
 
 def _fsdp_worker(rank, world, out_dir):
-    refused, fgm_params = _fsdp_fgm(rank)
+    refused, attacked = _fsdp_attacks(rank)
     model = _sharded_model()
     ema = EMA(model, decay=DECAY)
     _train(model, ema, rank, world)
@@ -81,7 +87,7 @@ def _fsdp_worker(rank, world, out_dir):
     reloaded = {n: s.full_tensor() for n, s in again.shadow.items()}
     torch.save({"full": full, "rows": local_rows, "averaged_out": averaged_out,
                 "live_out": live_out, "reloaded": reloaded, "refused": refused,
-                "fgm_params": fgm_params}, f"{out_dir}/{rank}.pt")  # fmt: skip
+                "attacked": attacked}, f"{out_dir}/{rank}.pt")  # fmt: skip
 
 
 def test_fsdp2_ema_shadow_gathered_on_rank0_equals_single_process(tmp_path):
@@ -107,22 +113,26 @@ def test_fsdp2_ema_shadow_gathered_on_rank0_equals_single_process(tmp_path):
     torch.testing.assert_close(r0["live_out"], model(probe).detach(), atol=1e-5, rtol=0)
     assert not torch.allclose(r0["averaged_out"], r0["live_out"], atol=1e-3)
 
-    # FGM: weight mode refuses the sharded table; hook mode = each half attacked on its own
-    assert "sharded by FSDP2" in r0["refused"] and "mode='hook'" in r0["refused"]
+    # weight-mode FGM and SWA refuse the sharded model; each hook-mode attack equals one
+    # process attacking each rank's half on its own (accumulation 2 = the mean over ranks)
+    assert "sharded by FSDP2" in r0["refused"]["FGM"] and "mode='hook'" in r0["refused"]["FGM"]
+    assert "use EMA" in r0["refused"]["SWA"]
     torch.manual_seed(0)
-    ref = TinyTextClassifier()
-    opt = torch.optim.SGD(ref.parameters(), lr=LR)
-    tricks = danlu.Tricks([FGM(ref, eps=0.5, mode="hook")], accumulate=2)
-    for i in range(2):
-        for half in _halves(i):  # the mean over the halves, as FSDP2 averages the ranks
-            tricks.step(ref, opt, half, loss_fn)
-    for n, p in ref.named_parameters():
-        torch.testing.assert_close(r0["fgm_params"][n], p.detach(), atol=1e-5, rtol=0, msg=n)
-    torch.manual_seed(0)
-    plain = TinyTextClassifier()  # without the attack the weights differ: FGM did something
+    plain = TinyTextClassifier()
     plain_opt = torch.optim.SGD(plain.parameters(), lr=LR)
     no_attack = danlu.Tricks([], accumulate=2)
     for i in range(2):
         for half in _halves(i):
             no_attack.step(plain, plain_opt, half, loss_fn)
-    assert not torch.allclose(r0["fgm_params"]["head.weight"], plain.head.weight, atol=1e-4)
+    for name, make in ATTACKS.items():
+        torch.manual_seed(0)
+        ref = TinyTextClassifier()
+        opt = torch.optim.SGD(ref.parameters(), lr=LR)
+        tricks = danlu.Tricks([make(ref)], accumulate=2)
+        for i in range(2):
+            for half in _halves(i):
+                tricks.step(ref, opt, half, loss_fn)
+        got = r0["attacked"][name]
+        for n, p in ref.named_parameters():
+            torch.testing.assert_close(got[n], p.detach(), atol=1e-5, rtol=0, msg=f"{name} {n}")
+        assert not torch.allclose(got["head.weight"], plain.head.weight, atol=1e-4), name

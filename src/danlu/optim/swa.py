@@ -149,6 +149,12 @@ class SWA(Trick):
             raise ValueError(
                 f"{type(self.model).__name__} has no parameters: there is nothing to average"
             )
+        if any(hasattr(p, "device_mesh") for p in self.model.parameters()):
+            raise ValueError(
+                "SWA keeps its average in AveragedModel, a deep copy of the model, and FSDP2 "
+                "refuses to be copied ('FSDP does not support deepcopy'); use EMA, which "
+                "averages each rank's shard in place (EMA.full_state_dict() gathers it)"
+            )
         slots = [
             (mod_name, name, p)
             for mod_name, mod in self.model.named_modules()
