@@ -315,3 +315,28 @@ def test_ddp_shadow_identical_on_both_ranks(tmp_path):
     torch.manual_seed(0)
     init = TinyTextClassifier().head.weight
     assert not torch.equal(r0["shadow"]["head.weight"], init)  # it did average something
+
+
+def test_trainable_only_by_default_and_full_state_dict_without_distributed():
+    torch.manual_seed(0)
+    model = TinyTextClassifier()
+    model.embed.requires_grad_(False)  # a frozen embedding, as in LoRA
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    ema, everything = EMA(model, decay=0.5), EMA(model, decay=0.5, trainable_only=False)
+    assert "embed.weight" not in ema.shadow and "embed.weight" in everything.shadow
+    start = {n: s.clone() for n, s in everything.shadow.items()}
+    _train_step(model, opt, 0)
+    ema.update()
+    everything.update()
+    for n, p in model.named_parameters():
+        expected = 0.5 * start[n] + 0.5 * p.detach()  # the frozen one: its own value
+        torch.testing.assert_close(everything.shadow[n], expected, atol=1e-7, rtol=0)
+        if n in ema.shadow:
+            assert torch.equal(ema.shadow[n], everything.shadow[n]), n
+    frozen = model.embed.weight.detach().clone()
+    with ema.averaged():
+        assert torch.equal(model.embed.weight, frozen)  # untouched by the swap
+    full = ema.full_state_dict()  # no process group: rank 0, plain CPU tensors
+    assert full.keys() == ema.state_dict().keys() and full["step"] == 1
+    assert all(torch.equal(full["shadow"][n], s) for n, s in ema.shadow.items())
+    assert "trainable_only=True" in repr(ema)
