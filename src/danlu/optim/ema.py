@@ -141,7 +141,8 @@ class EMA(Trick):
 
     Under FSDP2 (``torch.distributed.fsdp.fully_shard``) the parameters are ``DTensor``
     shards: the shadow is a ``DTensor`` of the same sharding, each rank averages only its
-    shard, and :meth:`full_state_dict` gathers the full shadow on rank 0.
+    shard, and :meth:`full_state_dict` gathers the full shadow on rank 0. Create the EMA after
+    ``fully_shard`` (which replaces the parameters).
 
     Compared with ``AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))``: that
     class copies the model on its *first* ``update_parameters`` call and averages from the
