@@ -234,8 +234,8 @@ class FGM(Trick):
         """Copy the original rows back (bit-exact), or stop perturbing the output; a no-op
         when not attacked."""
         self._incoming = None  # the adversarial backward's gradient steers nothing
-        if self._output is not None:
-            self._output.delta = None
+        if self._output is not None and self._output.delta is not None:
+            self._output.delta = self._output.grad = None  # the adversarial gradient too
         if self._rows is None:
             return
         with torch.no_grad():

@@ -160,8 +160,9 @@ class PGD(Trick):
         """Copy the original rows back (bit-exact), or stop perturbing the output; a no-op
         when not attacked."""
         self._incoming = None
-        if self._output is not None:
-            self._output.delta, self._active = None, False
+        if self._output is not None and self._active:
+            self._output.delta = self._output.grad = None  # the adversarial gradient too
+            self._active = False
         if self._rows is None:
             return
         with torch.no_grad():
