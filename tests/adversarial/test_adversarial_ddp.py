@@ -1,4 +1,5 @@
-"""FGM, PGD, FreeLB and AWP under DistributedDataParallel (2 gloo processes on CPU)."""
+"""FGM, PGD (weight and hook mode), FreeLB and AWP under DistributedDataParallel (2 gloo
+processes on CPU)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def _worker(rank, world, out_dir):
     for name, make in (("fgm_acc", lambda m: FGM(m, eps=0.5)),
                        ("pgd_acc", lambda m: PGD(m, eps=0.5, alpha=0.2, steps=3)),
                        ("freelb_acc", lambda m: FreeLB(m, steps=2, alpha=0.1)),
-                       ("awp_acc", lambda m: AWP(m, adv_lr=0.5, adv_eps=0.01))):
+                       ("awp_acc", lambda m: AWP(m, adv_lr=0.5, adv_eps=0.01)),
+                       ("fgm_hook_acc", lambda m: FGM(m, eps=0.5, mode="hook")),
+                       ("pgd_hook_acc", lambda m: PGD(m, eps=0.5, alpha=0.2, steps=3, mode="hook"))):
         ddp = torch.nn.parallel.DistributedDataParallel(copy.deepcopy(base))
         opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
         tricks = Tricks([make(ddp)], accumulate=2)
@@ -43,15 +46,18 @@ def _worker(rank, world, out_dir):
     torch.save(results, f"{out_dir}/rank{rank}.pt")
 
 
+ACC = ("fgm_acc", "pgd_acc", "freelb_acc", "awp_acc", "fgm_hook_acc", "pgd_hook_acc")
+
+
 def test_ddp_ranks_identical_and_equal_to_single_process(tmp_path):
     run_ddp(_worker, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    for key in ("fgm", "fgm_acc", "pgd_acc", "freelb_acc", "awp_acc"):
+    for key in ("fgm", *ACC):
         for k in r0[key]:
             assert torch.equal(r0[key][k], r1[key][k]), (key, k)
     torch.manual_seed(0)
     start = TinyTextClassifier().double()
-    for key in ("fgm_acc", "pgd_acc", "freelb_acc", "awp_acc"):
+    for key in ACC:
         assert any(not torch.equal(v, start.state_dict()[k]) for k, v in r0[key].items()), key
     for k, v in r0["fgm"].items():
         torch.testing.assert_close(v, r0["single"][k], rtol=0, atol=1e-10, msg=k)
