@@ -128,12 +128,28 @@ def tiny_gpt2(seed: int = 0, lm: bool = False, **overrides):
 
     cfg = dict(
         vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, num_labels=3,
-        pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )  # fmt: skip
     cfg.update(overrides)
     torch.manual_seed(seed)
     cls = transformers.GPT2LMHeadModel if lm else transformers.GPT2ForSequenceClassification
     return cls(transformers.GPT2Config(**cfg))
+
+
+def embeds_loss(model, batch: dict, delta=None):
+    """Cross-entropy of an HF classifier run on its word-embedding output given directly
+    (``inputs_embeds``) plus ``delta``: the reference for tricks that perturb that output.
+    Returns (loss, the embedding output, which keeps its gradient; with a trainable
+    embedding the weight gets its gradient through it)."""
+    emb = model.get_input_embeddings()(batch["input_ids"])
+    if emb.requires_grad:
+        emb.retain_grad()
+    else:
+        emb = emb.detach().requires_grad_()
+    x = emb if delta is None else emb + delta
+    out = model(inputs_embeds=x, attention_mask=batch["attention_mask"])
+    return F.cross_entropy(out.logits, batch["labels"]), emb
 
 
 def _toy_lab_data(n_pool: int = 160, n_test: int = 60, seed: int = 0):

@@ -1,18 +1,20 @@
 """Tricks that claim to work on any Hugging Face model, on one encoder (tiny BERT) and one
-decoder (tiny GPT-2): embedding and layer discovery, layer decay, FGM, embedding mixup,
-attention noise; and causal-LM fine-tuning with token-level losses (label smoothing and
+decoder (tiny GPT-2): embedding and layer discovery, layer decay, FGM, FreeLB,
+embedding and manifold mixup, attention noise; and causal-LM fine-tuning with token-level losses (label smoothing and
 focal with ignore_index, R-Drop with a padding mask) against hand-written references."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_batch, tiny_bert, tiny_gpt2
+from helpers import embeds_loss, make_batch, tiny_bert, tiny_gpt2
 
-from danlu.adversarial import FGM, AttentionNoise, find_embedding
+from danlu.adversarial import FGM, AttentionNoise, FreeLB, find_embedding
 from danlu.core import State
-from danlu.data.mixup import EmbeddingMixup
+from danlu.data.mixup import EmbeddingMixup, ManifoldMixup
 from danlu.loss import Focal, LabelSmoothing, RDrop
 from danlu.optim import find_layer_list, layer_decay_groups
 
@@ -81,6 +83,40 @@ def test_embedding_mixup_matches_mixed_inputs_embeds(arch):
     y = batch["labels"]
     ref_loss = lam * F.cross_entropy(ref, y) + (1 - lam) * F.cross_entropy(ref, y[index])
     torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_freelb_matches_hand_ascent_on_inputs_embeds(arch):
+    model = ARCHS[arch][0]()
+    ref = copy.deepcopy(model)
+    batch = make_batch(seed=4)
+    FreeLB(model, steps=2, alpha=0.1, init_mag=0.0).run(lambda: hf_loss(model, batch)[0])
+    clean, emb = embeds_loss(ref, batch)  # step 1 at delta 0, step 2 one ascent further
+    (clean / 2).backward()
+    g = emb.grad
+    delta = 0.1 * g / g.reshape(len(g), -1).norm(dim=1).view(-1, 1, 1)  # per-example norm
+    (embeds_loss(ref, batch, delta)[0] / 2).backward()
+    ref_params = dict(ref.named_parameters())
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_params[n].grad, atol=1e-6, rtol=0, msg=n)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_manifold_mixup_mixes_the_chosen_block(arch):
+    model = ARCHS[arch][0]()
+    layers = model.get_submodule(ARCHS[arch][2])
+    out0, in1 = [], []
+    layers[0].register_forward_hook(
+        lambda m, a, o: out0.append(o[0] if isinstance(o, tuple) else o)
+    )
+    layers[1].register_forward_pre_hook(lambda m, a: in1.append(a[0]))
+    trick = ManifoldMixup(ARCHS[arch][2], alpha=0.5, choices=[0], seed=5)
+    state = State(model=model)
+    batch = trick.on_batch(make_batch(seed=5), state)
+    trick.compute_loss(lambda b: hf_loss(model, b), batch, state)
+    lam, index = trick.lam, trick.index  # block 0's output (seen before the mix) is mixed
+    torch.testing.assert_close(in1[0], lam * out0[0] + (1 - lam) * out0[0][index], atol=1e-6,
+                               rtol=0)  # fmt: skip
 
 
 def test_attention_noise_reaches_bert_and_names_the_gap_on_gpt2():

@@ -10,8 +10,7 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
-from helpers import make_batch, split_batch, tiny_bert
+from helpers import embeds_loss, make_batch, split_batch, tiny_bert
 
 import danlu
 from danlu.adversarial import AWP, FGM, PGD, FreeLB, find_embedding
@@ -22,19 +21,6 @@ from danlu.loss import Focal, LabelSmoothing, RDrop
 pytest.importorskip("peft", reason="peft is not installed (extra 'peft')")
 pytest.importorskip("transformers", reason="transformers is not installed (extra 'hf')")
 from _peft_models import hf_loss, lora_model, trainable  # noqa: E402
-
-
-def _embeds_loss(model, batch, delta=None):
-    """The loss with the word-embedding output given directly (``inputs_embeds``), plus
-    ``delta``; returns (loss, the embedding output, which keeps its gradient)."""
-    emb = model.get_input_embeddings()(batch["input_ids"])
-    if emb.requires_grad:  # full fine-tuning: the weight gets its gradient through it
-        emb.retain_grad()
-    else:
-        emb = emb.detach().requires_grad_()
-    x = emb if delta is None else emb + delta
-    out = model(inputs_embeds=x, attention_mask=batch["attention_mask"])
-    return F.cross_entropy(out.logits, batch["labels"]), emb
 
 
 def _grads(model):
@@ -63,10 +49,10 @@ def test_fgm_hook_mode_matches_hand_attack_and_keeps_frozen_weight(arch):
     assert torch.equal(weight, frozen)  # never written
     assert (weight.grad is None) != full  # a frozen weight gets no gradient
 
-    clean, emb = _embeds_loss(ref, batch)  # the same attack by hand on the output
+    clean, emb = embeds_loss(ref, batch)  # the same attack by hand on the output
     clean.backward()
     r = 0.5 * emb.grad / emb.grad.norm()
-    ref_adv, _ = _embeds_loss(ref, batch, r)
+    ref_adv, _ = embeds_loss(ref, batch, r)
     ref_adv.backward()
     torch.testing.assert_close(loss, clean, atol=1e-6, rtol=0)
     torch.testing.assert_close(adv, ref_adv, atol=1e-6, rtol=0)
@@ -89,14 +75,14 @@ def test_pgd_hook_mode_matches_hand_attack():
     def project(d):
         return d * min(1.0, eps / d.norm().item())
 
-    clean, emb = _embeds_loss(ref, batch)
+    clean, emb = embeds_loss(ref, batch)
     clean.backward()  # the clean gradients stay; the inner passes only move delta
     delta = project(alpha * emb.grad / emb.grad.norm())
     for _ in range(steps - 1):  # K ascent steps: K - 1 inner passes, then the final one
-        inner, leaf = _embeds_loss(ref, batch, delta)
+        inner, leaf = embeds_loss(ref, batch, delta)
         (g,) = torch.autograd.grad(inner, leaf)
         delta = project(delta + alpha * g / g.norm())
-    _embeds_loss(ref, batch, delta)[0].backward()
+    embeds_loss(ref, batch, delta)[0].backward()
     assert delta.norm() <= eps + 1e-6
     for n, g in _grads(ref).items():
         torch.testing.assert_close(dict(model.named_parameters())[n].grad, g, atol=1e-5, rtol=0)
