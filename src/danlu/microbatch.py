@@ -20,11 +20,14 @@ __all__ = ["MicroBatch", "find_micro_batch", "is_oom", "split_batch"]
 
 
 def is_oom(error: BaseException) -> bool:
-    """Whether ``error`` is a device out-of-memory error (CUDA's ``torch.OutOfMemoryError``,
-    or the RuntimeError that MPS / XPU / older torch raise with "out of memory")."""
+    """Whether ``error`` is a device out-of-memory error: CUDA's ``torch.OutOfMemoryError``,
+    the RuntimeError that MPS / XPU / older torch raise with "out of memory", or the CPU
+    allocator's "can't allocate memory"."""
     oom_type = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    message = str(error).lower()
     return isinstance(error, oom_type) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+        isinstance(error, RuntimeError)
+        and ("out of memory" in message or "can't allocate memory" in message)
     )
 
 

@@ -73,6 +73,9 @@ def test_other_errors_are_raised_and_oom_at_one_is_reported():
     with pytest.raises(RuntimeError, match="even a micro-batch of 1"):
         find_micro_batch(never_fits, 4)
     assert is_oom(RuntimeError("CUDA error: out of memory")) and not is_oom(RuntimeError("x"))
+    with pytest.raises(RuntimeError) as info:  # the CPU allocator's own error, for real
+        torch.empty(2**62, dtype=torch.uint8)
+    assert is_oom(info.value)
 
 
 def test_max_size_and_argument_errors():
