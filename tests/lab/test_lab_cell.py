@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from helpers import toy_lab_task
 
 from danlu.datasets import TextDataset
@@ -92,6 +93,75 @@ def test_step_matched_base_takes_the_steps_of_the_augmented_combo():
 def test_every_atom_trains_a_cell(combo):
     from danlu.lab.results import validate_record
 
-    record = run_cell(toy_lab_task(epochs=2), Cell("toy", combo, seed=0, n_train=40))
+    record = run_cell(toy_lab_task(epochs=2, unlabelled="rest"), Cell("toy", combo, seed=0, n_train=40))
     validate_record(record)
     assert record["steps"] >= 2 * 2 and all(math.isfinite(e["train_loss"]) for e in record["epochs"])
+
+
+def test_unlabelled_rest_is_the_pool_the_run_does_not_draw():
+    from danlu.lab.task import rest_for_seed
+
+    task = toy_lab_task(unlabelled="rest")
+    pool, _ = task.load()
+    train, dev = split_for_seed(pool, 100, 0.2, seed=5)
+    rest = task.load_unlabelled(pool, 100, seed=5)
+    assert len(rest) == len(pool) - 100 and set(rest.labels) == {-1}
+    # the drawn indices and the rest partition the pool (texts may repeat, so count them)
+    from collections import Counter
+
+    assert Counter(train.texts + dev.texts + rest.texts) == Counter(pool.texts)
+    assert rest_for_seed(pool, None, seed=5).texts == []
+    assert toy_lab_task().load_unlabelled(pool, 100, seed=5) is None
+    given = TextDataset(["好", "差"], [0, 1], pool.label_names)
+    assert toy_lab_task(unlabelled=lambda: given).load_unlabelled(pool, 100, 0).texts == ["好", "差"]
+    with pytest.raises(ValueError, match="Task.unlabelled must be"):
+        toy_lab_task(unlabelled="all")
+
+
+def test_atom_extension_points_see_the_run_and_replace_the_prediction():
+    from danlu.core import Trick
+    from danlu.lab.atoms import Atom
+
+    seen = {}
+
+    def prepare(ctx):  # runs before make_trick and before training
+        seen["order"] = ["prepare"]
+        seen["init_head"] = ctx.model.head.weight.detach().clone()
+
+    def make(ctx):
+        seen["order"].append("make")
+        seen["ctx"] = ctx
+        return Trick()
+
+    def flipped(ctx, model, texts):  # the base's probabilities with the two classes swapped
+        logits = model(**ctx.encode(texts))
+        return logits.softmax(-1).flip(-1)
+
+    atoms = {**ATOMS, "spy": Atom("spy", "test", "spy", make_trick=make, prepare_model=prepare),
+             "flip": Atom("flip", "test", "tta", predict=flipped)}  # fmt: skip
+    task = toy_lab_task(unlabelled="rest")
+    spy = run_cell(task, Cell("toy", "spy", seed=0, n_train=100), atoms)
+    ctx = seen["ctx"]
+    assert seen["order"] == ["prepare", "make"]
+    assert ctx.batch_size == task.batch_size and len(ctx.unlabelled) == 60
+    assert torch.equal(ctx.encode(["好"])["input_ids"], ctx.encode(["好"])["input_ids"])
+    assert spy["eval_s"] > 0
+    base = run_cell(task, Cell("toy", "base", seed=0, n_train=100), atoms)
+    assert spy["metrics"] == base["metrics"]  # a no-op trick changes nothing
+    flip = run_cell(task, Cell("toy", "flip", seed=0, n_train=100), atoms)
+    # flipped probabilities select the worst dev epoch, and flip every binary prediction
+    worst = min(range(3), key=lambda i: (base["epochs"][i]["dev_accuracy"], i))
+    assert flip["dev"]["accuracy"] == pytest.approx(1 - base["epochs"][worst]["dev_accuracy"])
+    with pytest.raises(ValueError, match="replace the prediction"):
+        from danlu.lab.atoms import parse_combo
+
+        parse_combo("flip+flip2", {**atoms, "flip2": Atom("flip2", "t", "tta2", predict=flipped)})
+
+
+def test_divergence_rule():
+    from danlu.lab.cell import diverged
+
+    ok = {"epochs": [{"train_loss": 0.5}], "dev": {"accuracy": 0.7}, "dev_majority": 0.6}
+    assert diverged(ok) is None
+    assert "majority" in diverged({**ok, "dev": {"accuracy": 0.6}})
+    assert "non-finite" in diverged({**ok, "epochs": [{"train_loss": float("nan")}]})

@@ -33,7 +33,10 @@ __all__ = ["Atom", "RunContext", "ATOMS", "parse_combo", "canonical_combo", "ste
 
 @dataclass
 class RunContext:
-    """What an atom sees when it builds its trick: the run's model, optimizer and sizes."""
+    """What an atom sees when it builds its trick: the run's model, optimizer and sizes,
+    the task's encoder (``encode(texts) -> inputs dict``) and batch size, and the run's
+    unlabelled texts (``Task.unlabelled``; None when the task has none), from which a
+    semi-supervised atom can cycle batches: ``ctx.encode(ctx.unlabelled.texts[i:j])``."""
 
     task: Task
     model: nn.Module
@@ -42,6 +45,9 @@ class RunContext:
     n_train: int
     epochs: int
     steps_per_epoch: int
+    encode: Callable[[list[str]], dict[str, torch.Tensor]] | None = None
+    batch_size: int = 32
+    unlabelled: TextDataset | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,12 @@ class Atom:
         param_groups: ``param_groups(model, task) -> groups`` for AdamW.
         eval_weights: ``eval_weights(trick, model)``: a context manager yielding the module
             to evaluate (averaged weights).
+        predict: ``predict(ctx, model, texts) -> probabilities (n, C)``: replaces the plain
+            evaluation on dev and test (test-time augmentation); its cost shows in the
+            record's ``eval_s``. At most one atom of a stack may have it.
+        prepare_model: ``prepare_model(ctx)``: called once after the model and optimizer are
+            built, before any trick is made and before training (e.g. re-initialise the top
+            layers).
     """
 
     name: str
@@ -68,6 +80,8 @@ class Atom:
     augment: Callable[[TextDataset, Task, int], TextDataset] | None = None
     param_groups: Callable[[nn.Module, Task], list[dict[str, Any]]] | None = None
     eval_weights: Callable[[Trick, nn.Module], contextlib.AbstractContextManager] | None = None
+    predict: Callable[[RunContext, nn.Module, list[str]], torch.Tensor] | None = None
+    prepare_model: Callable[[RunContext], None] | None = None
 
 
 def _fgm(ctx: RunContext) -> Trick:
@@ -216,6 +230,11 @@ def parse_combo(combo: str, atoms: dict[str, Atom] | None = None) -> list[Atom]:
             f"'base' is the empty stack and cannot be stacked: write {combo.replace('base+', '').replace('+base', '')!r}"
         )
     picked = [a for a in atoms.values() if a.name in names]
+    predicting = [a.name for a in picked if a.predict is not None]
+    if len(predicting) > 1:
+        raise ValueError(
+            f"combo {combo!r} stacks {predicting}, which all replace the prediction: pick one"
+        )
     seen: dict[str, str] = {}
     for a in picked:
         if a.family != "regulariser" and a.family in seen:

@@ -24,12 +24,13 @@ import torch
 from torch import nn
 
 import danlu
+from danlu._optional import require
 from danlu.datasets import TextDataset
 from danlu.lab.atoms import ATOMS, Atom, RunContext, decay_groups, parse_combo
 from danlu.lab.task import Task, split_for_seed
 from danlu.optim import Schedule, linear_warmup
 
-__all__ = ["Cell", "run_cell", "classification_metrics", "planned_steps"]
+__all__ = ["Cell", "run_cell", "classification_metrics", "planned_steps", "diverged"]
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,26 @@ class Cell:
 def classification_metrics(
     preds: np.ndarray, labels: np.ndarray, n_classes: int
 ) -> dict[str, float]:
-    """Accuracy and macro-F1 (classes absent from both preds and labels are left out)."""
+    """Accuracy and macro-F1 (sklearn's; classes absent from both preds and labels are left
+    out of the macro average, so a 3-class task scored on two classes is not dragged down
+    by an empty third)."""
+    f1_score = require("sklearn.metrics", "lab", "macro-F1").f1_score
     preds, labels = np.asarray(preds), np.asarray(labels)
-    f1s = []
-    for c in range(n_classes):
-        tp = np.sum((preds == c) & (labels == c))
-        fp, fn = np.sum((preds == c) & (labels != c)), np.sum((preds != c) & (labels == c))
-        if tp + fp + fn:
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": float(np.mean(preds == labels)), "macro_f1": float(np.mean(f1s))}
+    present = np.union1d(preds, labels)
+    f1 = f1_score(labels, preds, labels=present, average="macro", zero_division=0)
+    return {"accuracy": float(np.mean(preds == labels)), "macro_f1": float(f1)}
+
+
+def diverged(record: dict[str, Any]) -> str | None:
+    """The lab's divergence rule, fixed before any run: a cell diverged when a training
+    loss was not finite, or when its selected dev accuracy is no better than always
+    predicting the dev split's majority class. Returns the reason, or None."""
+    if any(not math.isfinite(e["train_loss"]) for e in record["epochs"]):
+        return "non-finite training loss"
+    majority = record.get("dev_majority")
+    if majority is not None and record["dev"]["accuracy"] <= majority:
+        return f"dev accuracy {record['dev']['accuracy']:.3f} <= majority rate {majority:.3f}"
+    return None
 
 
 def _batches(inputs: dict[str, torch.Tensor], labels: torch.Tensor, idx: torch.Tensor, size: int):
@@ -70,7 +82,8 @@ def _batches(inputs: dict[str, torch.Tensor], labels: torch.Tensor, idx: torch.T
 
 
 @torch.no_grad()
-def _evaluate(task: Task, model: nn.Module, inputs, labels: torch.Tensor, n_classes: int):
+def _predict(task: Task, model: nn.Module, inputs, labels: torch.Tensor) -> torch.Tensor:
+    """Predicted classes of the plain evaluation (the task's loss_fn logits)."""
     was_training = model.training
     model.eval()
     try:
@@ -81,7 +94,7 @@ def _evaluate(task: Task, model: nn.Module, inputs, labels: torch.Tensor, n_clas
         ]
     finally:
         model.train(was_training)
-    return classification_metrics(torch.cat(preds).numpy(), labels.numpy(), n_classes)
+    return torch.cat(preds)
 
 
 def _train_data(task: Task, atoms: list[Atom], train: TextDataset, seed: int) -> TextDataset:
@@ -131,17 +144,40 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
     groups = next((a.param_groups(model, task) for a in stack if a.param_groups), None)
     optimizer = torch.optim.AdamW(groups or decay_groups(model, task), lr=task.lr)
     schedule = linear_warmup(optimizer, round(task.warmup * total_steps), total_steps)
-    ctx = RunContext(task, model, optimizer, cell.seed, len(train), epochs, steps_per_epoch)
+    ctx = RunContext(task, model, optimizer, cell.seed, len(train), epochs, steps_per_epoch,
+                     encode=encode, batch_size=task.batch_size,
+                     unlabelled=task.load_unlabelled(pool, cell.n_train, cell.seed))  # fmt: skip
+    for atom in stack:
+        if atom.prepare_model is not None:
+            atom.prepare_model(ctx)
     built = [(a, a.make_trick(ctx)) for a in stack if a.make_trick is not None]
     tricks = danlu.Tricks(
         [t for _, t in built] + [Schedule(schedule)], max_grad_norm=task.max_grad_norm
     )
     weights = next(((a, t) for a, t in built if a.eval_weights is not None), None)
+    predictor = next((a.predict for a in stack if a.predict is not None), None)
+    eval_s = 0.0
 
     def eval_module() -> contextlib.AbstractContextManager:
         return (
             weights[0].eval_weights(weights[1], model) if weights else contextlib.nullcontext(model)
         )
+
+    def evaluate(module: nn.Module, texts: list[str], inputs, labels: torch.Tensor):
+        nonlocal eval_s
+        t0 = time.perf_counter()
+        if predictor is None:
+            preds = _predict(task, module, inputs, labels)
+        else:
+            was_training = module.training
+            module.eval()
+            try:
+                with torch.no_grad():
+                    preds = predictor(ctx, module, texts).argmax(-1)
+            finally:
+                module.train(was_training)
+        eval_s += time.perf_counter() - t0
+        return classification_metrics(preds.numpy(), labels.numpy(), n_classes), preds
 
     order_gen = torch.Generator().manual_seed(cell.seed)
     history: list[dict[str, Any]] = []
@@ -157,7 +193,7 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
         tricks.epoch_end()
         train_s += time.perf_counter() - t0
         with eval_module() as module:
-            dev_metrics = _evaluate(task, module, x_dev, y_dev, n_classes)
+            dev_metrics, _ = evaluate(module, dev.texts, x_dev, y_dev)
             if best is None or dev_metrics["accuracy"] > best[0]:
                 snapshot = {k: v.detach().clone() for k, v in module.state_dict().items()}
                 best = (dev_metrics["accuracy"], epoch, snapshot)
@@ -169,14 +205,18 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
     assert best is not None
     model.load_state_dict(best[2])
     x_test, y_test = encode(test.texts), torch.tensor(test.labels)
-    metrics = _evaluate(task, model, x_test, y_test, n_classes)
+    metrics, test_pred = evaluate(model, test.texts, x_test, y_test)
     chosen = history[best[1] - 1]
-    return {
+    record = {
         "task": cell.task, "combo": cell.combo, "seed": cell.seed, "n_train": cell.n_train,
         "match": cell.match, "steps_match": cell.steps_match, "metrics": metrics,
         "dev": {"accuracy": chosen["dev_accuracy"], "macro_f1": chosen["dev_macro_f1"]},
+        "dev_majority": float(np.bincount(dev.labels).max() / len(dev)),
         "best_epoch": best[1], "epochs": history, "steps": tricks.state.step,
         "wall_s": round(time.perf_counter() - start, 3), "train_s": round(train_s, 3),
-        "peak_mem_mb": round(max(0.0, _rss_mb() - mem0), 1),
+        "eval_s": round(eval_s, 3), "peak_mem_mb": round(max(0.0, _rss_mb() - mem0), 1),
         "smoke": bool(task.extra.get("smoke", False)), "danlu": danlu.__version__,
     }  # fmt: skip
+    record["diverged"] = diverged(record)
+    record["test_pred"] = test_pred.tolist()  # the runner moves it beside results.jsonl
+    return record

@@ -1,4 +1,6 @@
-"""The lab's ``results.jsonl``: one JSON object per finished cell, append-only, one writer.
+"""The lab's ``results.jsonl``: one JSON object per finished cell, append-only, one writer;
+and each cell's test predictions beside it, ``preds/<cell>.npy`` (one small int array per
+cell, written before its record, so a record always has its predictions).
 
 A run killed while writing leaves a half-written last line; :func:`read_results` ignores it
 (with a warning) and :func:`append_result` cuts it off before appending, so a resumed run
@@ -15,7 +17,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_results", "append_result", "cell_key", "validate_record"]
+import numpy as np
+
+__all__ = [
+    "read_results", "append_result", "cell_key", "validate_record", "store_record",
+    "read_predictions", "predictions_path", "labels_path",
+]  # fmt: skip
 
 _NUMBER = (int, float)
 # key -> (allowed types, whether None is allowed, human description)
@@ -37,6 +44,9 @@ _OPTIONAL: dict[str, tuple[tuple[type, ...], bool, str]] = {
     "dev": ((dict,), False, "a dict of dev metrics"),
     "train_s": (_NUMBER, False, "a number (seconds of augmentation and optimizer steps)"),
     "smoke": ((bool,), False, "a bool"),
+    "eval_s": (_NUMBER, False, "a number (seconds of dev and test evaluation)"),
+    "dev_majority": (_NUMBER, False, "a number (the dev split's majority-class rate)"),
+    "diverged": ((str,), True, "the reason the cell diverged (str), else null"),
     "danlu": ((str,), False, "a version string"),
 }
 
@@ -165,3 +175,37 @@ def append_result(path: str | os.PathLike, record: dict) -> None:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
+
+
+def predictions_path(out: str | os.PathLike, record: dict) -> Path:
+    """Where the test predictions of ``record``'s cell live: ``out/preds/<cell key>.npy``."""
+    task, combo, seed, n_train, match = cell_key(record)
+    name = f"{task}__{combo}__s{seed}__n{n_train}__m{match}".replace("/", "_").replace(":", "-")
+    return Path(out) / "preds" / f"{name}.npy"
+
+
+def labels_path(out: str | os.PathLike, task: str) -> Path:
+    """The test labels of ``task``, written by the runner: ``out/preds/<task>__labels.npy``."""
+    return Path(out) / "preds" / f"{task}__labels.npy"
+
+
+def store_record(out: str | os.PathLike, record: dict) -> None:
+    """Write a cell's ``test_pred`` (if any) to ``preds/`` and then its record, without
+    ``test_pred``, to ``out/results.jsonl``. The record is the source of truth: a cell whose
+    record is missing is run again and its predictions overwritten."""
+    record = dict(record)
+    preds = record.pop("test_pred", None)
+    validate_record(record)
+    if preds is not None:
+        path = predictions_path(out, record)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, np.asarray(preds, dtype=np.int16))
+        os.replace(tmp, path)
+    append_result(Path(out) / "results.jsonl", record)
+
+
+def read_predictions(out: str | os.PathLike, record: dict) -> np.ndarray | None:
+    """The test predictions stored for ``record``'s cell, or None (older runs kept none)."""
+    path = predictions_path(out, record)
+    return np.load(path) if path.exists() else None

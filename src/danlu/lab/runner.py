@@ -25,12 +25,13 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from danlu._optional import require
 from danlu.lab.atoms import ATOMS, Atom, canonical_combo, step_key
 from danlu.lab.cell import Cell, run_cell
-from danlu.lab.results import append_result, cell_key, read_results
+from danlu.lab.results import cell_key, labels_path, read_results, store_record
 from danlu.lab.task import Task
 
 __all__ = ["plan_cells", "pending_cells", "run_lab"]
@@ -219,6 +220,8 @@ def run_lab(
     _check_sizes(task, sizes)
     out = Path(out)
     _check_out_dir(out, task, bool(task.extra.get("smoke", False)))
+    (out / "preds").mkdir(exist_ok=True)  # the test labels, beside the cells' predictions
+    np.save(labels_path(out, task.name), np.asarray(task.load()[1].labels, dtype=np.int16))
     results = out / "results.jsonl"
     todo = pending_cells(cells, read_results(results))
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -233,7 +236,7 @@ def run_lab(
     bar = _progress(len(todo), progress and bool(todo))
     with contextlib.closing(stream), bar or contextlib.nullcontext():
         for record in stream:
-            append_result(results, record)
+            store_record(out, record)
             if on_record is not None:
                 on_record(record)
             if bar is not None:

