@@ -178,6 +178,27 @@ def _layer_decay(model: nn.Module, task: Task) -> list[dict[str, Any]]:
     return decay_groups(model, task, decay=0.8)
 
 
+def _tta(ctx: RunContext, model: nn.Module, texts: list[str]) -> torch.Tensor:
+    """Test-time augmentation: the mean probabilities of the texts and 4 EDA swap/delete
+    views (no synonym data needed, so the same for every language)."""
+    from danlu.data.eda import EDA
+    from danlu.predict import TTA
+
+    size = ctx.task.eval_batch_size
+
+    def logits(batch_texts: list[str]) -> torch.Tensor:
+        inputs, n = ctx.encode(batch_texts), len(batch_texts)
+        placeholder = torch.zeros(n, dtype=torch.long)  # labels: only the logits are used
+        return torch.cat([
+            ctx.task.loss_fn(model, {**{k: v[i : i + size] for k, v in inputs.items()},
+                                     "labels": placeholder[i : i + size]})[1]
+            for i in range(0, n, size)
+        ])  # fmt: skip
+
+    eda = EDA(alpha_sr=0, alpha_ri=0, alpha_rs=0.1, p_rd=0.1, n_aug=4, lang=ctx.task.lang)
+    return torch.from_numpy(TTA(eda, n_views=4, seed=ctx.seed)(logits, texts)).float()
+
+
 ATOMS: dict[str, Atom] = {
     a.name: a
     for a in (
@@ -203,6 +224,8 @@ ATOMS: dict[str, Atom] = {
              "weights", make_trick=_ema, eval_weights=_ema_weights),
         Atom("swa", "SWA (torch swa_utils) over the last quarter of the epochs; evaluated "
              "with the averaged weights", "weights", make_trick=_swa, eval_weights=_swa_weights),
+        Atom("tta", "test-time augmentation at evaluation only: mean probabilities of the text "
+             "and 4 EDA swap/delete views (~5x the prediction cost)", "predict", predict=_tta),
     )
 }  # fmt: skip
 
