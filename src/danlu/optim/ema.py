@@ -335,18 +335,20 @@ class EMA(Trick):
     def full_state_dict(self) -> dict[str, Any]:
         """:meth:`state_dict` with every FSDP2 shard gathered into a full CPU tensor, on
         rank 0; the other ranks get ``{}``. A collective when the model is sharded: every
-        rank must call it. :meth:`load_state_dict` takes the result on any layout (sharded
-        or not), so a rank-0 file restores a sharded EMA.
+        rank must call it (one tensor is gathered at a time). :meth:`load_state_dict` takes
+        the result on any layout (sharded or not): to restore a sharded EMA, load the rank-0
+        file on every rank and each takes its shard.
 
         Example:
             >>> sd = ema.full_state_dict()           # doctest: +SKIP
             >>> if sd: torch.save(sd, "ema.pt")      # rank 0 only
         """
-        shadow = {}
+        rank0, shadow = _rank() == 0, {}
         for name, s in self.shadow.items():
             full = s.full_tensor() if hasattr(s, "full_tensor") else s
-            shadow[name] = full.cpu()
-        if _rank() != 0:
+            if rank0:
+                shadow[name] = full.cpu()
+        if not rank0:
             return {}
         buffers = {n: b.cpu() for n, b in self.shadow_buffers.items()}
         return {"shadow": shadow, "buffers": buffers, "step": self.step,
