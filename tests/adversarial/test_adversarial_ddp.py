@@ -31,12 +31,14 @@ def _worker(rank, world, out_dir):
     results["fgm"] = ddp.module.state_dict()
     results["single"] = single.state_dict()
     # with accumulation (non-boundary micro-batches under no_sync): ranks stay identical
-    for name, make in (("fgm_acc", lambda m: FGM(m, eps=0.5)),
-                       ("pgd_acc", lambda m: PGD(m, eps=0.5, alpha=0.2, steps=3)),
-                       ("freelb_acc", lambda m: FreeLB(m, steps=2, alpha=0.1)),
-                       ("awp_acc", lambda m: AWP(m, adv_lr=0.5, adv_eps=0.01)),
-                       ("fgm_hook_acc", lambda m: FGM(m, eps=0.5, mode="hook")),
-                       ("pgd_hook_acc", lambda m: PGD(m, eps=0.5, alpha=0.2, steps=3, mode="hook"))):
+    for name, make in (
+        ("fgm_acc", lambda m: FGM(m, eps=0.5)),
+        ("pgd_acc", lambda m: PGD(m, eps=0.5, alpha=0.2, steps=3)),
+        ("freelb_acc", lambda m: FreeLB(m, steps=2, alpha=0.1)),
+        ("awp_acc", lambda m: AWP(m, adv_lr=0.5, adv_eps=0.01)),
+        ("fgm_hook_acc", lambda m: FGM(m, eps=0.5, mode="hook")),
+        ("pgd_hook_acc", lambda m: PGD(m, eps=0.5, alpha=0.2, steps=3, mode="hook")),
+    ):
         ddp = torch.nn.parallel.DistributedDataParallel(copy.deepcopy(base))
         opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
         tricks = Tricks([make(ddp)], accumulate=2)
