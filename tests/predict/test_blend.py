@@ -123,3 +123,27 @@ def test_multi_label_thresholds_per_label():
         tune_thresholds(prob, y[:, :2])
     with pytest.raises(ValueError, match="0/1"):
         tune_thresholds(prob[:, 0], y[:, 0] + 1)
+
+
+def test_composes_with_run_kfold():
+    """Two heterogeneous 'models' cross-validated on the same folds by danlu.kfold: the
+    noise model gets weight ~0 and the stack uses the same folds."""
+    from danlu.kfold import run_kfold
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(300, 4))
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
+
+    def centroid(fold, train_idx, val_idx):  # a nearest-centroid linear "model"
+        w = x[train_idx][y[train_idx] == 1].mean(0) - x[train_idx][y[train_idx] == 0].mean(0)
+        return x[val_idx] @ w, None
+
+    def noise(fold, train_idx, val_idx):
+        return np.random.default_rng(fold).normal(size=len(val_idx)), None
+
+    runs = [run_kfold(f, y, n_splits=5, seed=0) for f in (centroid, noise)]
+    oof = np.stack([r.oof_probs for r in runs])
+    w = fit_blend_weights(oof, y)
+    assert w[1] < 0.01
+    res = stack(oof, y, folds=runs[0].folds)
+    assert (res.oof.argmax(1) == y).mean() > 0.9

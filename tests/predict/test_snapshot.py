@@ -54,6 +54,31 @@ def test_restarts_and_snapshots_at_the_cycle_ends(cycle, mult):
             assert torch.equal(v, weights[end][k]), (end, k)
 
 
+def test_hand_written_loop_with_update_equals_the_trick():
+    def run(use_tricks):
+        torch.manual_seed(0)
+        model = TinyTextClassifier()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        snap = SnapshotEnsemble(model, opt, cycle_steps=2)
+        tricks = Tricks([snap])
+        for i in range(5):
+            if use_tricks:
+                tricks.step(model, opt, make_batch(seed=i), loss_fn)
+                continue
+            loss_fn(model, make_batch(seed=i))[0].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            snap.update(step=i + 1)
+        return snap
+
+    s_a, s_b = run(True), run(False)
+    assert len(s_a.snapshots) == len(s_b.snapshots) == 2
+    for a, b in zip(s_a.snapshots, s_b.snapshots):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-7, rtol=0)
+    assert s_a.scheduler.get_last_lr() == s_b.scheduler.get_last_lr()
+
+
 def test_a_skipped_fp16_step_advances_neither_schedule_nor_snapshots():
     torch.manual_seed(0)
     model = TinyTextClassifier()

@@ -160,10 +160,16 @@ class SnapshotEnsemble(Trick):
         torch.save(sd, path)
         self.snapshots.append(path)
 
-    def after_step(self, optimizer: torch.optim.Optimizer, state: State) -> None:
+    def update(self, step: int) -> None:
+        """Advance the schedule after real optimizer step number ``step`` (1-based) and take
+        the snapshot when it ends a cycle (what the hook calls; call it yourself in a
+        hand-written loop, only after steps that happened)."""
         self.scheduler.step()
-        if self.is_cycle_end(state.step):
+        if self.is_cycle_end(step):
             self.snapshot()
+
+    def after_step(self, optimizer: torch.optim.Optimizer, state: State) -> None:
+        self.update(state.step)
 
     def state_dict(self) -> dict[str, Any]:
         snaps = [str(s) if isinstance(s, Path) else s for s in self.snapshots]
