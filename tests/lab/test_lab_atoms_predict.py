@@ -34,12 +34,22 @@ def test_tta_atom_is_the_mean_of_view_probabilities():
 
 
 def test_tta_cell_trains_like_base_and_costs_evaluation_time():
+    from danlu.lab.task import classification_loss
+
     assert canonical_combo("tta+fgm") == "fgm+tta"
-    task = toy_lab_task(epochs=2)
+    calls = []
+
+    def counting_loss(model, batch):  # every forward pass of training and evaluation
+        calls.append(len(batch["labels"]))
+        return classification_loss(model, batch)
+
+    task = toy_lab_task(epochs=2, loss_fn=counting_loss)
     base = run_cell(task, Cell("toy", "base", seed=0, n_train=40))
+    base_calls, calls[:] = len(calls), []
     tta = run_cell(task, Cell("toy", "tta", seed=0, n_train=40))
     # evaluation only: the same training trajectory, step for step
     assert [e["train_loss"] for e in tta["epochs"]] == [e["train_loss"] for e in base["epochs"]]
     assert tta["steps"] == base["steps"]
-    assert tta["eval_s"] > base["eval_s"]
-    assert np.isfinite(tta["metrics"]["accuracy"])
+    # each of the 2 dev evaluations and the test evaluation predicts 4 more views
+    assert len(calls) - base_calls == 4 * (2 + 1)
+    assert np.isfinite(tta["metrics"]["accuracy"]) and tta["eval_s"] > 0
