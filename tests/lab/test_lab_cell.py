@@ -161,7 +161,7 @@ def test_atom_extension_points_see_the_run_and_replace_the_prediction():
 def test_divergence_rule():
     from danlu.lab.cell import diverged
 
-    ok = {"epochs": [{"train_loss": 0.5}], "dev": {"accuracy": 0.7}, "dev_majority": 0.6}
+    ok = {"epochs": [{"train_loss": 0.5}], "dev": {"accuracy": 0.7}, "dev_pred_classes": 2}
     assert diverged(ok) is None
-    assert "majority" in diverged({**ok, "dev": {"accuracy": 0.6}})
-    assert "non-finite" in diverged({**ok, "epochs": [{"train_loss": float("nan")}]})
+    assert "one class" in diverged({**ok, "dev_pred_classes": 1})
+    assert "non-finite" in diverged({**ok, "epochs": [{"train_loss": 0.5}, {"train_loss": float("inf")}]})

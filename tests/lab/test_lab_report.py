@@ -7,7 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+from scipy.stats import t as t_dist
 from scipy.stats import ttest_rel
+from statsmodels.stats.weightstats import ttost_paired
 
 from danlu.lab.report import build_report, render_markdown, write_report
 
@@ -130,7 +132,14 @@ def test_verdict_words_and_baselines():
     got = comparisons(build_report(grid()))
     assert got[("fgm", "base")].verdict == "helps"
     assert got[("fgm+ema", "base")].verdict == "helps"
-    assert got[("ema", "base")].verdict == "no detectable effect at n=4 seeds"
+    # ema moved by +0.2 points: the paired TOST says it is within the ±1 point margin
+    assert got[("ema", "base")].verdict == "equivalent within ±1.0"
+    d = np.subtract(ARMS["ema"], BASE)
+    tost = [ttost_paired(np.subtract(ARMS[c], BASE), np.zeros(4), -0.01, 0.01)[0] for c in ARMS]
+    tost.append(ttost_paired(np.subtract(ARMS["eda"], STEP_BASE), np.zeros(4), -0.01, 0.01)[0])
+    assert got[("ema", "base")].p_eq_holm == pytest.approx(textbook_holm(tost)[1])
+    assert got[("ema", "base")].p_fresh == pytest.approx(
+        t_dist.cdf(d.mean() / (d.std(ddof=1) * np.sqrt(1 + 1 / 4)), 3))
     assert got[("eda", "base")].verdict == "helps"
     assert got[("eda", "step")].verdict == "hurts"  # the gain came from the extra steps
     assert got[("eda", "step")].baseline == "base (step-matched, 500 steps)"
@@ -161,8 +170,8 @@ def test_table_rows_numbers_and_cost_ratios():
     assert f"{np.mean(ARMS['fgm']) * 100:.1f} ± {s:.1f}" in fgm_line
     assert f"{d:+.1f} [" in fgm_line and "| helps " in fgm_line and "| 2.00 " in fgm_line
     assert "↳ vs base (step-matched, 500 steps)" in md
-    assert "- **eda** vs base (step-matched, 500 steps): hurts" in md
-    assert "- **ema** vs base: no detectable effect at n=4 seeds" in md
+    assert "- **eda** vs base (step-matched, 500 steps): **hurts**" in md
+    assert "- **ema** vs base: **equivalent within ±1.0**" in md
     assert "nan" not in md
 
 
@@ -196,7 +205,7 @@ def test_one_table_per_n_train_in_order_of_appearance_and_base_first():
     assert [t.n_train for t in report.tables] == [200, None]
     assert report.tables[1].rows[0].combo == "base"  # base first although its record came last
     (row,) = [r for r in report.tables[1].rows if r.combo == "fgm"]
-    assert row.comparisons[0].verdict == "no verdict from one seed"
+    assert row.comparisons == () and "fgm shares 1 usable seed(s) with base: no test" in report.tables[1].flags
     assert "eda takes more steps (eda) but no step-matched base was run" in report.tables[1].flags
     md = render_markdown(report)
     assert md.index("n_train = 200") < md.index("full training pool")
@@ -236,7 +245,7 @@ def test_write_report_files_pngs_and_deterministic_rerender(tmp_path):
     write_jsonl(tmp_path / "results.jsonl", grid())
     md = write_report(tmp_path)
     assert (tmp_path / "report.md").read_text(encoding="utf-8") == md
-    assert md.startswith("# danlu lab: snownlp") and "How to read this" in md
+    assert md.startswith("# danlu lab: snownlp") and "How to read a verdict" in md
     for name in ("deltas.png", "cost.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -260,7 +269,7 @@ def test_import_does_not_load_matplotlib_or_scipy():
 
 def test_single_seed_report_has_no_nan_and_no_verdict():
     md = render_markdown(build_report([r for r in grid() if r["seed"] == 0]))
-    assert "no verdict from one seed" in md and "nan" not in md and "1 seed (0)" in md
+    assert "shares 1 usable seed(s) with base: no test" in md and "nan" not in md and "1 seed (0)" in md
     assert not any(f"| {word} " in md or f": {word} (" in md for word in ("helps", "hurts"))
 
 
@@ -269,7 +278,7 @@ def test_no_interaction_without_every_single_and_unpaired_flags():
     assert build_report(grid(arms=no_ema)).tables[0].interactions == ()
     records = grid() + [rec("swa", 7, 0.8)]  # a seed base never ran
     table = build_report(records).tables[0]
-    assert "swa shares no seed with base: no paired comparison" in table.flags
+    assert "swa shares 0 usable seed(s) with base: no test" in table.flags
     assert [r.comparisons for r in table.rows if r.combo == "swa"] == [()]
 
 

@@ -1,12 +1,26 @@
 """danlu.lab.stats against scipy.stats and hand computations on fixed numbers."""
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 from scipy import stats as sps
+from statsmodels.stats.weightstats import ttost_paired
 
-from danlu.lab.stats import Delta, Summary, holm, paired_delta, summarize, verdict
+from danlu.lab.stats import (
+    Delta,
+    Summary,
+    detectable_effect,
+    holm,
+    multi_bootstrap,
+    p_fresh_seed,
+    paired_delta,
+    seeds_needed,
+    sign_flip_p,
+    summarize,
+    tost_p,
+)
 
 T_975_DF2 = 4.302652729911275  # t quantile 0.975 with 2 degrees of freedom (table value)
 
@@ -83,15 +97,100 @@ def test_paired_delta_bootstrap_is_seeded_and_paired():
     assert 0.01 - 1e-12 <= first.boot_low < first.mean < first.boot_high <= 0.04 + 1e-12
 
 
-def test_all_equal_deltas_give_p_one_and_zero_width_intervals():
+def test_all_equal_deltas_are_flat_and_tested_by_sign_flips():
     # 0.81-0.80 and 0.71-0.70 differ in the last float bit: still "all equal"
     for a, b in [([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]), ([0.81, 0.71, 0.61], [0.80, 0.70, 0.60])]:
         d = paired_delta(a, b)
-        values = [d.mean, d.std, d.ci_low, d.ci_high, d.boot_low, d.boot_high, d.p]
-        assert not any(math.isnan(v) for v in values)
-        assert d.p == 1.0 and d.std == 0.0
+        assert d.flat and d.std == 0.0 and math.isnan(d.p_t)
         assert d.ci_low == d.ci_high == d.boot_low == d.boot_high == d.mean
         assert d.mean == pytest.approx(np.mean(np.subtract(a, b)))
+    assert paired_delta([0.81, 0.71, 0.61], [0.80, 0.70, 0.60]).p == 0.25  # 2 / 2**3
+
+
+def test_identical_deltas_do_not_flip_on_a_millionth():
+    # every seed moved by +0.5 points: t-test p is undefined (scipy: 2e-57 after a 1e-6 change)
+    base = np.array([0.70, 0.72, 0.69])
+    same, nudged = base + 0.005, base + np.array([0.005, 0.005, 0.005 + 1e-6])
+    assert sps.ttest_rel(nudged, base).pvalue < 1e-8  # the t-test alone would say "helps"
+    for a in (same, nudged):
+        d = paired_delta(a, base, resolution=1 / 2000)  # one example of a 2,000-example test
+        assert d.flat and d.p == d.p_sign == 0.25  # what 3 seeds can show: 2 / 2**3
+    d6 = paired_delta(np.r_[same, same], np.r_[base, base], resolution=1 / 2000)
+    assert d6.p == pytest.approx(2 / 2**6)  # 6 seeds: the first n with p < 0.05
+
+
+def _enumerated_sign_flip(d, alternative="two-sided"):
+    d = np.asarray(d)
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=d.size)))
+    means, observed = (signs * d).mean(1), d.mean()
+    eps = 1e-12
+    if alternative == "greater":
+        return np.mean(means >= observed - eps)
+    if alternative == "less":
+        return np.mean(means <= observed + eps)
+    return np.mean(np.abs(means) >= abs(observed) - eps)
+
+
+@pytest.mark.parametrize("alternative", ["two-sided", "greater", "less"])
+def test_sign_flip_p_is_exact_against_an_enumeration(alternative):
+    d = [0.012, -0.004, 0.02, 0.007, 0.015, -0.001, 0.009]
+    assert sign_flip_p(d, alternative) == pytest.approx(_enumerated_sign_flip(d, alternative))
+    with pytest.raises(ValueError, match="alternative"):
+        sign_flip_p(d, "both")
+
+
+def test_tost_against_a_hand_computation_and_statsmodels():
+    d = np.array([0.004, -0.003, 0.006, 0.001, 0.002])
+    m, n = 0.01, d.size
+    se = d.std(ddof=1) / math.sqrt(n)
+    by_hand = max(sps.t.sf((d.mean() + m) / se, n - 1), sps.t.cdf((d.mean() - m) / se, n - 1))
+    assert float(tost_p(d, m)) == pytest.approx(by_hand)
+    assert float(tost_p(d, m)) == pytest.approx(ttost_paired(d, np.zeros(n), -m, m)[0])
+    assert float(tost_p(d + 0.02, m)) > 0.5  # well outside the margin: no equivalence
+    rows = np.stack([d, d + 0.02])
+    assert tost_p(rows, m) == pytest.approx([tost_p(d, m), tost_p(d + 0.02, m)])
+    with pytest.raises(ValueError, match="margin"):
+        tost_p(d, 0.0)
+
+
+def test_multi_bootstrap_equals_a_plain_loop():
+    rng = np.random.default_rng(1)
+    a, b = rng.random((4, 30)) < 0.8, rng.random((4, 30)) < 0.7
+    mean, low, high = multi_bootstrap(a, b, n_boot=300, seed=7)
+    ref = np.random.default_rng(7)
+    seeds, examples = ref.integers(0, 4, (300, 4)), ref.integers(0, 30, (300, 30))
+    loop = []
+    for s_row, e_row in zip(seeds, examples):
+        total = 0.0
+        for i in s_row:
+            total += sum(float(a[i, j]) - float(b[i, j]) for j in e_row) / 30
+        loop.append(total / 4)
+    assert mean == pytest.approx(np.mean(a) - np.mean(b))
+    assert (low, high) == pytest.approx(tuple(np.percentile(loop, [2.5, 97.5])))
+    with pytest.raises(ValueError, match="one shape"):
+        multi_bootstrap(a, b[:, :3])
+
+
+def test_power_against_the_noncentral_t():
+    std, n, alpha = 0.015, 6, 0.01
+    effect = detectable_effect(std, n, alpha)
+    crit = sps.t.ppf(1 - alpha / 2, n - 1)
+    ncp = effect / std * math.sqrt(n)
+    power = sps.nct.sf(crit, n - 1, ncp) + sps.nct.cdf(-crit, n - 1, ncp)
+    assert power == pytest.approx(0.8, abs=1e-4)
+    k = seeds_needed(0.01, std, alpha)
+    assert detectable_effect(std, k, alpha) <= 0.01 < detectable_effect(std, k - 1, alpha)
+    assert math.isnan(detectable_effect(0.0, 5, alpha)) and math.isnan(detectable_effect(std, 1, alpha))
+    with pytest.raises(ValueError, match="effect and std"):
+        seeds_needed(0.0, std, alpha)
+
+
+def test_p_fresh_seed_is_the_t_predictive_probability():
+    d = np.array([0.01, 0.02, -0.005, 0.015, 0.0])
+    scale = d.std(ddof=1) * math.sqrt(1 + 1 / d.size)
+    assert p_fresh_seed(d) == pytest.approx(sps.t.cdf(d.mean() / scale, d.size - 1))
+    assert p_fresh_seed(-d) == pytest.approx(1 - p_fresh_seed(d))
+    assert p_fresh_seed([0.01, 0.01, 0.01]) == 1.0 and p_fresh_seed([0.0, 0.0]) == 0.5
 
 
 def test_one_pair_has_a_delta_but_no_test():
@@ -112,20 +211,23 @@ def test_paired_delta_errors():
 def test_holm_hand_worked_example():
     # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> raised to 0.06 (monotone)
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    rows = np.array([[0.01, 0.04, 0.03, 0.005], [0.4, 0.9, 0.02, np.nan]])
+    assert holm(rows)[0] == pytest.approx(holm(rows[0]))  # row by row
+    assert holm(rows)[1, :3] == pytest.approx(holm(rows[1, :3])) and np.isnan(holm(rows)[1, 3])
 
 
 def test_holm_caps_at_one_and_keeps_order():
     # sorted: 0.02*3=0.06, 0.4*2=0.8, 0.9*1=0.9
     assert holm([0.4, 0.9, 0.02]) == pytest.approx([0.8, 0.9, 0.06])
     # 0.7*2=1.4 -> 1; 0.8*1=0.8 -> raised to 1
-    assert holm([0.8, 0.7]) == [1.0, 1.0]
+    assert holm([0.8, 0.7]).tolist() == [1.0, 1.0]
 
 
 def test_holm_skips_untestable_comparisons():
     out = holm([0.01, float("nan"), 0.04])  # m = 2, not 3
     assert out[0] == pytest.approx(0.02) and out[2] == pytest.approx(0.04)
     assert math.isnan(out[1])
-    assert holm([]) == []
+    assert holm([]).size == 0
 
 
 def test_holm_rejects_non_probabilities():
@@ -133,34 +235,3 @@ def test_holm_rejects_non_probabilities():
         holm([0.2, 1.5])
 
 
-def _verdict(a, b):
-    d = paired_delta(a, b)
-    return verdict(d.mean, holm([d.p])[0], d.n)
-
-
-BASE = [0.80, 0.81, 0.79, 0.82, 0.80]
-
-
-def test_verdict_clear_gain_and_clear_loss():
-    gain = [x + g for x, g in zip(BASE, [0.030, 0.031, 0.029, 0.030, 0.032])]
-    loss = [x - g for x, g in zip(BASE, [0.020, 0.025, 0.018, 0.022, 0.021])]
-    assert _verdict(gain, BASE) == "helps"
-    assert _verdict(loss, BASE) == "hurts"
-
-
-def test_verdict_pure_noise_is_no_detectable_effect():
-    rng = np.random.default_rng(0)
-    shared = rng.normal(0.8, 0.02, size=5)  # seed effect shared by both arms
-    a, b = shared + rng.normal(0, 0.01, 5), shared + rng.normal(0, 0.01, 5)
-    assert _verdict(a, b) == "no detectable effect at n=5 seeds"
-
-
-def test_verdict_never_from_one_seed_and_alpha_is_strict():
-    assert verdict(0.05, 0.0, n=1) == "no verdict from one seed"
-    assert verdict(0.05, 0.0, n=0) == "no verdict: no paired seeds"
-    assert verdict(0.05, 0.05, n=4) == "no detectable effect at n=4 seeds"
-    assert verdict(0.0, 0.01, n=4) == "no detectable effect at n=4 seeds"
-    assert verdict(0.05, 0.04, n=4) == "helps"
-    assert verdict(0.05, 0.04, n=4, alpha=0.01) == "no detectable effect at n=4 seeds"
-    with pytest.raises(ValueError, match="alpha"):
-        verdict(0.05, 0.04, n=4, alpha=1.5)

@@ -30,14 +30,20 @@ from danlu.lab.atoms import ATOMS, Atom, RunContext, decay_groups, parse_combo
 from danlu.lab.task import Task, split_for_seed
 from danlu.optim import Schedule, linear_warmup
 
-__all__ = ["Cell", "run_cell", "classification_metrics", "planned_steps", "diverged"]
+__all__ = ["CONTROL", "Cell", "run_cell", "classification_metrics", "planned_steps", "diverged"]
+
+
+CONTROL = "2x-epochs"  # the match key of the convergence control: base with twice the epochs
 
 
 @dataclass(frozen=True)
 class Cell:
     """One run: ``combo`` trained with ``seed`` on ``n_train`` examples (None: all).
-    A step-matched base has ``combo="base"`` and ``match`` = the step key (``"eda"``) whose
-    number of optimizer steps it is given."""
+
+    A base variant has ``combo="base"`` and a ``match``: a step key (``"eda"``: as many
+    optimizer steps as the augmented combo), :data:`CONTROL` (twice the epochs: the
+    convergence control) or ``"time:<combo>"`` (``steps`` optimizer steps, as much training
+    time as that costly combo)."""
 
     task: str
     combo: str
@@ -45,6 +51,7 @@ class Cell:
     n_train: int | None = None
     match: str | None = None
     steps_match: str | None = None
+    steps: int | None = None
 
     def key(self) -> tuple:
         return (self.task, self.combo, self.seed, self.n_train, self.match)
@@ -65,13 +72,12 @@ def classification_metrics(
 
 def diverged(record: dict[str, Any]) -> str | None:
     """The lab's divergence rule, fixed before any run: a cell diverged when a training
-    loss was not finite, or when its selected dev accuracy is no better than always
-    predicting the dev split's majority class. Returns the reason, or None."""
+    loss was not finite, or when its selected model predicts one class for every dev
+    example (it collapsed). Returns the reason, or None."""
     if any(not math.isfinite(e["train_loss"]) for e in record["epochs"]):
         return "non-finite training loss"
-    majority = record.get("dev_majority")
-    if majority is not None and record["dev"]["accuracy"] <= majority:
-        return f"dev accuracy {record['dev']['accuracy']:.3f} <= majority rate {majority:.3f}"
+    if record.get("dev_pred_classes") == 1:
+        return "the selected model predicts one class for every dev example"
     return None
 
 
@@ -132,7 +138,13 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
     train_s = time.perf_counter() - start  # training cost: augmentation + optimizer steps
     steps_per_epoch = math.ceil(len(data) / task.batch_size)
     total_steps = planned_steps(task, len(data))
-    if cell.match is not None:  # step-matched base: as many steps as the augmented combo
+    if cell.match == CONTROL:
+        total_steps = 2 * total_steps
+    elif cell.match is not None and cell.match.startswith("time:"):
+        if cell.steps is None or cell.steps < 1:
+            raise ValueError(f"a time-matched base needs its step budget, got steps={cell.steps!r}")
+        total_steps = cell.steps
+    elif cell.match is not None:  # step-matched base: as many steps as the augmented combo
         matched = parse_combo(cell.match, atoms)
         total_steps = planned_steps(task, len(_train_data(task, matched, train, cell.seed)))
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -193,10 +205,11 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
         tricks.epoch_end()
         train_s += time.perf_counter() - t0
         with eval_module() as module:
-            dev_metrics, _ = evaluate(module, dev.texts, x_dev, y_dev)
+            dev_metrics, dev_pred = evaluate(module, dev.texts, x_dev, y_dev)
             if best is None or dev_metrics["accuracy"] > best[0]:
                 snapshot = {k: v.detach().clone() for k, v in module.state_dict().items()}
                 best = (dev_metrics["accuracy"], epoch, snapshot)
+                dev_classes = int(torch.unique(dev_pred).numel())
         history.append({
             "epoch": epoch, "steps": tricks.state.step,
             "train_loss": float(torch.stack(losses).mean()),
@@ -211,7 +224,7 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
         "task": cell.task, "combo": cell.combo, "seed": cell.seed, "n_train": cell.n_train,
         "match": cell.match, "steps_match": cell.steps_match, "metrics": metrics,
         "dev": {"accuracy": chosen["dev_accuracy"], "macro_f1": chosen["dev_macro_f1"]},
-        "dev_majority": float(np.bincount(dev.labels).max() / len(dev)),
+        "dev_pred_classes": dev_classes,
         "best_epoch": best[1], "epochs": history, "steps": tricks.state.step,
         "wall_s": round(time.perf_counter() - start, 3), "train_s": round(train_s, 3),
         "eval_s": round(eval_s, 3), "peak_mem_mb": round(max(0.0, _rss_mb() - mem0), 1),

