@@ -1,10 +1,13 @@
-"""Find the input embedding that adversarial tricks perturb and embedding mixup hooks, and
-shared argument checks."""
+"""Find the input embedding that adversarial tricks perturb and embedding mixup hooks, hook
+its output (:func:`output_hook`), and shared argument checks."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 
+import torch
 from torch import nn
 
 from danlu.core import unwrap_model
@@ -116,6 +119,40 @@ def find_embedding_module(model: nn.Module, target: Target = None) -> nn.Module:
         "target is a parameter that no module of the model owns; pass the embedding module "
         "or its name instead"
     )
+
+
+@contextlib.contextmanager
+def output_hook(
+    module: nn.Module, fn: Callable[[torch.Tensor, tuple], torch.Tensor | None]
+) -> Iterator[nn.Module]:
+    """Call ``fn(output, args)`` on every forward of ``module`` inside the block; a tensor it
+    returns replaces the output. The hook is always removed on exit (also on an error).
+
+    Perturbing the embedding *output* works on frozen, LoRA-wrapped or sharded embeddings
+    and never writes the weight. Get the module with :func:`find_embedding_module`.
+
+    Example:
+        >>> emb = nn.Embedding(5, 2)
+        >>> with output_hook(emb, lambda out, args: out * 0):
+        ...     float(emb(torch.tensor([1])).abs().sum())
+        0.0
+        >>> len(emb._forward_hooks)
+        0
+    """
+
+    def hook(mod: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"the hooked module {type(mod).__name__} returned a {type(output).__name__}, "
+                "not a tensor; pass target= the token embedding module"
+            )
+        return fn(output, args)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield module
+    finally:
+        handle.remove()
 
 
 def check_positive(name: str, value: float) -> float:
