@@ -7,6 +7,7 @@ integrations with optional dependencies in ``danlu.integrations``.
 """
 
 from danlu.core import Order, State, Trick, Tricks, unwrap_model
+from danlu.delayed import Delayed
 from danlu.microbatch import MicroBatch, find_micro_batch
 
 __version__ = "0.1.0"
@@ -15,6 +16,7 @@ __all__ = [
     "State",
     "Trick",
     "Tricks",
+    "Delayed",
     "unwrap_model",
     "find_micro_batch",
     "MicroBatch",
