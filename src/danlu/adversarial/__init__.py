@@ -1,4 +1,5 @@
-"""Adversarial training: FGM, PGD, FreeLB, AWP and attention-weight noise.
+"""Adversarial training: FGM, PGD, FreeLB, AWP, attention-weight noise, Gaussian / NEFTune
+embedding noise and VAT.
 
 Every class is a drop-in object for a hand-written loop and a :class:`danlu.Trick` for
 ``danlu.Tricks``; embedding attacks find the input embedding with :func:`find_embedding`.
@@ -9,6 +10,7 @@ from danlu.adversarial.attention_noise import AttentionNoise, attention_modules
 from danlu.adversarial.awp import AWP, awp_select
 from danlu.adversarial.fgm import FGM, fgm_delta, grad_rows
 from danlu.adversarial.freelb import FreeLB, freelb_ascent, freelb_init
+from danlu.adversarial.noise import GaussianNoise, NEFTune, gaussian_noise, neftune_noise
 from danlu.adversarial.pgd import PGD, project_rows
 
 __all__ = [
@@ -25,4 +27,8 @@ __all__ = [
     "awp_select",
     "AttentionNoise",
     "attention_modules",
+    "GaussianNoise",
+    "gaussian_noise",
+    "NEFTune",
+    "neftune_noise",
 ]
