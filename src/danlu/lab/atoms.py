@@ -199,6 +199,22 @@ def _tta(ctx: RunContext, model: nn.Module, texts: list[str]) -> torch.Tensor:
     return torch.from_numpy(TTA(eda, n_views=4, seed=ctx.seed)(logits, texts)).float()
 
 
+def _reinit(ctx: RunContext) -> None:
+    """Zhang et al. 2021: the top encoder block, pooler and head re-drawn with the model's
+    own init (seeded by the run's seed)."""
+    from danlu.nn import reinit_top_layers
+
+    reinit_top_layers(ctx.model, 1, seed=ctx.seed)
+
+
+def _layer_decay_high_lr(model: nn.Module, task: Task) -> list[dict[str, Any]]:
+    """Layer decay 0.8 with the head at 3x the task's lr (the seeds' advice to raise the
+    base lr with decay: the lower layers then train at about the task's lr, not far below)."""
+    from danlu.optim import layer_decay_groups
+
+    return layer_decay_groups(model, 3 * task.lr, 0.8, task.weight_decay, depth_fn=task.depth_fn)
+
+
 ATOMS: dict[str, Atom] = {
     a.name: a
     for a in (
@@ -226,6 +242,10 @@ ATOMS: dict[str, Atom] = {
              "with the averaged weights", "weights", make_trick=_swa, eval_weights=_swa_weights),
         Atom("tta", "test-time augmentation at evaluation only: mean probabilities of the text "
              "and 4 EDA swap/delete views (~5x the prediction cost)", "predict", predict=_tta),
+        Atom("reinit", "re-initialise the top encoder block, pooler and head before training "
+             "(Zhang et al. 2021; pretrained encoders)", "init", prepare_model=_reinit),
+        Atom("ld3x", "layer-wise lr decay 0.8 with the head at 3x the task lr", "optim",
+             param_groups=_layer_decay_high_lr),
     )
 }  # fmt: skip
 
