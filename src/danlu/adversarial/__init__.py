@@ -12,6 +12,7 @@ from danlu.adversarial.fgm import FGM, fgm_delta, grad_rows
 from danlu.adversarial.freelb import FreeLB, freelb_ascent, freelb_init
 from danlu.adversarial.noise import GaussianNoise, NEFTune, gaussian_noise, neftune_noise
 from danlu.adversarial.pgd import PGD, project_rows
+from danlu.adversarial.vat import VAT, normalize_per_example, vat_direction
 
 __all__ = [
     "find_embedding",
@@ -31,4 +32,7 @@ __all__ = [
     "gaussian_noise",
     "NEFTune",
     "neftune_noise",
+    "VAT",
+    "vat_direction",
+    "normalize_per_example",
 ]
