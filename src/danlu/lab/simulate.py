@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--noise", type=float, nargs="+", default=[0.005, 0.0075, 0.01, 0.0125],
                         help="std of one run's score (0.0075: a 1.06-point std of the delta)")
     args = parser.parse_args(argv)
-    print("| run std (points) | true effect | any false helps/hurts | any 'equivalent' | "
+    print("| run std (points) | true effect | tables with any helps/hurts | tables with any 'equivalent' | "
           "helps (adaptive / fixed 10) | same verdicts as fixed 10 | cells vs fixed 10 |")
     print("|---|---|---|---|---|---|---|")
     for noise in args.noise:
