@@ -154,6 +154,17 @@ def test_depth_fn_override():
     assert lrs["pooler.dense.weight"] == pytest.approx(LR)
 
 
+def test_head_lr_scale_multiplies_the_top_depth_only():
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(**SMALL))
+    groups = layer_decay_groups(model, lr=LR, decay=DECAY, head_lr_scale=10.0)
+    lrs = {n: g["lr"] for g in groups for n in g["param_names"]}
+    scales = {n: g["lr_scale"] for g in groups for n in g["param_names"]}
+    for name in ("classifier.weight", "bert.pooler.dense.bias"):
+        assert lrs[name] == pytest.approx(LR * 10) and scales[name] == pytest.approx(10.0)
+    assert lrs["bert.encoder.layer.2.output.dense.weight"] == pytest.approx(LR * DECAY)
+    assert lrs["bert.embeddings.word_embeddings.weight"] == pytest.approx(LR * DECAY**4)
+
+
 def test_undiscoverable_model_lists_unassigned_parameters():
     with pytest.raises(
         ValueError, match=r"could not find the layer list.*'embed\.weight'.*'head\.bias'"
@@ -191,6 +202,7 @@ def test_groups_work_with_adamw_and_warmup_keeps_ratios():
         ({"decay": 1.1}, "decay must be in"),
         ({"lr": 0.0}, "lr must be in"),
         ({"weight_decay": -0.1}, "weight_decay must be in"),
+        ({"head_lr_scale": 0.0}, "head_lr_scale must be in"),
     ],
 )
 def test_bad_numbers(kwargs, match):

@@ -219,3 +219,96 @@ def test_tiny_hf_bert_with_two_lr_groups():
     assert summary.steps == 5 and math.isfinite(summary.mean_loss)
     assert seen[0] == pytest.approx([2e-5, 8e-5], rel=1e-12)  # peak group = 8e-5, ratio kept
     assert all(not torch.equal(a, b) for a, b in zip(head_before, head))
+
+
+# ----------------------------------------------------------------- incremental training
+def _first_run(tmp_path):
+    """6 AdamW steps under a warmup/decay schedule ending at lr 0, with an EMA; saved."""
+    from danlu.full_data import save_training_state
+    from danlu.optim import EMA
+
+    torch.manual_seed(0)
+    model = TinyTextClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    tricks = danlu.Tricks([EMA(model, decay=0.9)])
+    sched = linear_warmup(opt, 1, 6)
+    for batch in tensor_loader(48, 8, seed=1):
+        tricks.step(model, opt, batch, tuple_loss)
+        sched.step()
+    assert opt.param_groups[0]["lr"] == 0.0  # the schedule ended
+    save_training_state(tmp_path / "run1.pt", model, opt, tricks)
+    return tmp_path / "run1.pt"
+
+
+def _fresh(seed: int):
+    from danlu.optim import EMA
+
+    torch.manual_seed(seed)
+    model = TinyTextClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return model, opt, EMA(model, decay=0.9)
+
+
+def test_incremental_train_equals_a_hand_loop_from_the_checkpoint(tmp_path):
+    from danlu.full_data import incremental_train
+
+    path = _first_run(tmp_path)
+    new = tensor_loader(40, 8, seed=2)  # 5 batches: 10 steps over 2 epochs
+
+    model, opt, ema = _fresh(1)
+    summaries = incremental_train(model, opt, new, tuple_loss, checkpoint=path, epochs=2,
+                                  tricks=danlu.Tricks([ema]))  # fmt: skip
+
+    # reference: load by hand, restart the schedule at the first run's peak lr (1e-2)
+    ref, ref_opt, ref_ema = _fresh(2)
+    saved = torch.load(path, weights_only=False)
+    ref.load_state_dict(saved["model"])
+    ref_opt.load_state_dict(saved["optimizer"])
+    ref_ema.load_state_dict(saved["tricks"]["tricks"][0][1])
+    for g in ref_opt.param_groups:
+        g["lr"] = g["initial_lr"] = 1e-2
+    sched = linear_warmup(ref_opt, 1, 10)
+    lrs = []
+    for _ in range(2):
+        for ids, y in new:
+            F.cross_entropy(ref(ids), y).backward()
+            lrs.append(ref_opt.param_groups[0]["lr"])
+            ref_opt.step()
+            ref_opt.zero_grad()
+            sched.step()
+            ref_ema.update(step=ref_ema.step + 1)
+    assert_params_close(model, ref, atol=1e-6)
+    for name, s in ema.shadow.items():
+        torch.testing.assert_close(s, ref_ema.shadow[name], atol=1e-6, rtol=0)
+    assert ema.num_updates == ref_ema.num_updates == 16  # 6 in the first run + 10
+    assert [s.steps for s in summaries] == [5, 5]
+    assert summaries[0].lrs + summaries[1].lrs == pytest.approx(lrs)
+    assert max(lrs) == pytest.approx(1e-2)  # the first run's peak, not its final 0
+    # Adam moments continued: 6 steps of the first run + 10
+    assert all(int(st["step"]) == 16 for st in opt.state.values())
+
+
+def test_incremental_train_reset_optimizer_and_lr(tmp_path):
+    from danlu.full_data import incremental_train
+
+    path = _first_run(tmp_path)
+    model, opt, _ = _fresh(1)
+    out = incremental_train(model, opt, tensor_loader(40, 8, seed=2), tuple_loss,
+                            checkpoint=path, lr=3e-3, optimizer_state="reset")  # fmt: skip
+    assert all(int(st["step"]) == 5 for st in opt.state.values())
+    assert max(out[0].lrs) == pytest.approx(3e-3)
+
+
+def test_incremental_train_errors(tmp_path):
+    from danlu.full_data import incremental_train
+
+    model, opt, _ = _fresh(0)
+    data = tensor_loader(16, 8)
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
+        incremental_train(model, opt, data, tuple_loss, epochs=0)
+    with pytest.raises(ValueError, match="optimizer_state must be 'keep' or 'reset'"):
+        incremental_train(model, opt, data, tuple_loss, optimizer_state="new")
+    with pytest.raises(ValueError, match=r"checkpoint lacks \['optimizer', 'tricks'\]"):
+        incremental_train(model, opt, data, tuple_loss, checkpoint={"model": {}})
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        incremental_train(model, lambda m: opt, data, tuple_loss)

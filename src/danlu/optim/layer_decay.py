@@ -104,6 +104,7 @@ def layer_decay_groups(
     decay: float,
     weight_decay: float = 0.01,
     depth_fn: Callable[[str], int | None] | None = None,
+    head_lr_scale: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Optimizer param groups with layer-wise lr decay and no weight decay on biases and
     normalisation weights.
@@ -132,6 +133,10 @@ def layer_decay_groups(
         weight_decay: for weight matrices (>= 0); biases and norm weights get 0.
         depth_fn: ``depth_fn(name) -> int`` for models the discovery does not fit; ``None``
             for a parameter is an error. The deepest depth returned gets ``lr``.
+        head_lr_scale: > 0, multiplies the lr of the deepest depth (pooler and classifier:
+            the head, freshly initialised when fine-tuning starts), e.g. 10–100 for a head at
+            ``lr · 10`` while the encoder stays at ``lr``, as competition recipes do. Give
+            the pooler its own depth with ``depth_fn`` to keep it out of this.
 
     Example:
         >>> enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2), num_layers=2)
@@ -144,6 +149,7 @@ def layer_decay_groups(
     lr = _check_number("lr", lr, 0.0, None, closed_low=False)
     decay = _check_number("decay", decay, 0.0, 1.0, closed_low=False)
     weight_decay = _check_number("weight_decay", weight_decay, 0.0, None, closed_low=True)
+    head_lr_scale = _check_number("head_lr_scale", head_lr_scale, 0.0, None, closed_low=False)
     if depth_fn is not None and not callable(depth_fn):
         raise TypeError(f"depth_fn must be a callable name -> int, got {type(depth_fn).__name__}")
     model = unwrap_model(model)
@@ -177,7 +183,7 @@ def layer_decay_groups(
         decayed = weight_decay > 0 and not (name.endswith("bias") or id(p) in no_decay)
         depth = depths[name]
         if (depth, decayed) not in groups:
-            scale = decay ** (top - depth)
+            scale = decay ** (top - depth) * (head_lr_scale if depth == top else 1.0)
             groups[(depth, decayed)] = {
                 "params": [],
                 "param_names": [],
