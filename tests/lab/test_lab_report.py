@@ -296,3 +296,37 @@ def test_time_ratio_uses_training_time_when_recorded():
             records.append({**r, "train_s": train_s})
     table = build_report(records).tables[0]
     assert [row.time_ratio for row in table.rows] == pytest.approx([1.0, 2.0])
+
+
+def test_diverged_cells_are_listed_and_left_out_pairwise():
+    records = grid()
+    for r in records:
+        if (r["combo"], r["seed"], r["match"]) == ("fgm", 0, None):
+            r["diverged"] = "non-finite training loss"
+    table = build_report(records).tables[0]
+    got = {(row.combo, c.baseline): c for row in table.rows for c in row.comparisons}
+    fgm = got[("fgm", "base")]
+    assert fgm.delta.n == 3
+    assert fgm.delta.mean == pytest.approx(np.mean(np.subtract(ARMS["fgm"], BASE)[1:]))
+    assert got[("ema", "base")].delta.n == 4  # only fgm's pair loses seed 0
+    assert table.diverged == ("fgm seed 0: non-finite training loss",)
+    assert "Diverged runs (rule fixed before the run" in render_markdown(build_report(records))
+
+
+def test_undecided_lines_give_the_detectable_effect_and_the_seeds_needed():
+    from danlu.lab.stats import detectable_effect, seeds_needed
+
+    noisy = dict(ARMS, ema=[0.78, 0.85, 0.77, 0.83])  # deltas -2, +3, -1, +2 points
+    report = build_report(grid(arms=noisy))
+    (ema,) = [c for row in report.tables[0].rows if row.combo == "ema" for c in row.comparisons]
+    d = np.subtract(noisy["ema"], BASE)
+    assert ema.verdict == "undecided at n=4 seeds"
+    assert ema.detectable == pytest.approx(detectable_effect(d.std(ddof=1), 4, 0.05 / 5))
+    assert ema.needed == seeds_needed(0.01, d.std(ddof=1), 0.05 / 5)
+    assert f"detecting ±1.0 points needs about {ema.needed} seeds" in render_markdown(report)
+
+
+def test_flat_deltas_are_explained():
+    flat = dict(ARMS, ema=[b + 0.005 for b in BASE])  # every seed +0.5 points
+    md = render_markdown(build_report(grid(arms=flat)))
+    assert "All 4 seeds moved by the same Δ" in md and "sign-flip = 0.125" in md
