@@ -1,247 +1,184 @@
 """VAT, virtual adversarial training (Miyato et al. 2018, https://arxiv.org/abs/1704.03976;
-for text: Miyato et al. 2017, https://arxiv.org/abs/1605.07725) on the input-embedding
-output.
+on text embeddings: Miyato et al. 2017, https://arxiv.org/abs/1605.07725).
 
-The perturbation is the direction in which the prediction changes fastest, found by power
-iteration from a random start, without labels::
+No labels: the target is the model's own clean prediction p (no gradient). The direction is
+found by power iteration on the embedding output: start from a random unit ``d`` (per
+example), and repeat ``d <- normalise(grad_d KL(p ‖ p(x + xi·d)))``; the perturbation is
+``r = eps · d`` and the term ``KL(p ‖ p(x + r))``. Vectors are normalised per example over
+the whole ``(L, d)`` embedding output. So VAT is also a consistency term on unlabelled
+batches.
 
-    d = xi · unit(d0)                      d0 ~ N(0, I), zero on padding
-    repeat steps times:  d = xi · unit(∇_d KL(p_clean ‖ p(x + d)))
-    r_adv = eps · unit(d)
-    vat   = KL(p_clean ‖ p(x + r_adv))       p_clean detached: a fixed target
-
-``unit`` normalises each example (over its positions and embedding dims) to L2 norm 1.
-The term needs no label, so it also serves as a consistency loss on unlabelled batches.
-Cost per step: ``steps + 1`` extra forwards, ``steps`` extra (input-only) backwards and the
-backward of the term.
+Cost per batch: one forward without a graph (clean), ``power_iterations`` forward+backward
+passes that touch no parameter gradient, one forward+backward (the term). The power
+iteration runs with autocast off: ``xi·d`` would vanish in fp16/bf16 rounding of the
+embedding output.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from danlu._embeddings import Target, check_positive, check_steps, find_embedding_module
-from danlu._embeddings import output_hook
-from danlu.adversarial.noise import _draw
-from danlu.core import Order, State, Trick
-from danlu.loss._swap import as_float
-from danlu.loss.rdrop import _check_alpha
+from danlu._embeddings import (
+    Target,
+    check_positive,
+    check_steps,
+    find_embedding_module,
+    output_hook,
+)
+from danlu.core import State, unwrap_model
+from danlu.semi.uda import uda_loss
+from danlu.semi.unlabelled import ConsistencyTrick
 
-__all__ = ["kl_to_clean", "vat_perturbation", "vat_loss", "VAT"]
+__all__ = ["normalize_per_example", "vat_direction", "VAT"]
 
-Logits = Callable[[torch.Tensor], torch.Tensor]
+LogitsOf = Callable[[torch.Tensor], torch.Tensor]
 
 
-def kl_to_clean(clean_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """``KL(p_clean ‖ p)`` of the softmaxes over the last dim, summed over classes and
-    averaged over the other dims, in fp32; ``clean_logits`` is detached.
+def normalize_per_example(d: torch.Tensor) -> torch.Tensor:
+    """``d / ‖d‖₂`` with the norm over all dims but the first (zero rows stay zero).
 
     Example:
-        >>> a = torch.tensor([[2.0, 0.0]])
-        >>> float(kl_to_clean(a, a))
-        0.0
+        >>> normalize_per_example(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
+        tensor([[0.6000, 0.8000],
+                [0.0000, 0.0000]])
     """
-    target = F.log_softmax(as_float(clean_logits.detach()), dim=-1)
-    lp = F.log_softmax(as_float(logits), dim=-1)
-    return F.kl_div(lp, target, log_target=True, reduction="none").sum(-1).mean()
-
-
-def _unit(d: torch.Tensor) -> torch.Tensor:
-    """Each example (dim 0) scaled to L2 norm 1 in fp32; an all-zero example stays zero."""
-    d = d.float()
     norm = torch.linalg.vector_norm(d.reshape(d.shape[0], -1), dim=1)
     return d / norm.clamp_min(1e-12).view(-1, *[1] * (d.dim() - 1))
 
 
-def vat_perturbation(
-    forward: Logits,
+def vat_direction(
+    logits_of: LogitsOf,
     clean_logits: torch.Tensor,
-    d0: torch.Tensor,
-    xi: float = 0.1,
-    eps: float = 1.0,
-    steps: int = 1,
-    mask: torch.Tensor | None = None,
+    d: torch.Tensor,
+    xi: float = 1e-3,
+    power_iterations: int = 1,
 ) -> torch.Tensor:
-    """The virtual adversarial perturbation ``r_adv`` (detached, fp32) by power iteration.
+    """The unit (per example) virtual-adversarial direction by power iteration.
 
     Args:
-        forward: ``forward(delta) -> logits`` of the model with ``delta`` added to its input
-            embeddings (e.g. ``lambda d: model(inputs_embeds=x + d).logits``).
-        clean_logits: logits without perturbation (detached here).
-        d0: the random start, shaped like the embeddings (``randn``; any scale).
-        xi: finite-difference step (> 0); 1e-6 for images in the paper, 0.1 for text
-            embeddings (Miyato et al. 2017) and for fp16/bf16.
-        eps: L2 norm of ``r_adv`` per example (> 0).
-        steps: power iterations (>= 1; the paper finds one enough).
-        mask: optional ``(B, L)`` mask, nonzero on real tokens; padding gets no perturbation.
+        logits_of: ``logits_of(delta)`` runs the model with ``delta`` added to the
+            embedding output and returns the logits.
+        clean_logits: the clean prediction's logits (used as a fixed target).
+        d: the random start, shaped like the embedding output.
+        xi: finite-difference step (> 0).
+        power_iterations: iterations (>= 1; 1 is the paper's and enough).
 
     Example:
-        >>> lin = torch.nn.Linear(4, 3)
-        >>> x = torch.randn(2, 4)
-        >>> r = vat_perturbation(lambda d: lin(x + d), lin(x), torch.randn(2, 4), eps=2.0)
-        >>> torch.linalg.vector_norm(r, dim=1)
-        tensor([2.0000, 2.0000])
+        >>> w = torch.tensor([[1.0, -1.0], [0.0, 0.0]])
+        >>> def logits_of(delta):            # a linear "model" on a (1, 1, 2) embedding
+        ...     return (torch.ones(1, 1, 2) + delta).reshape(1, 2) @ w.T
+        >>> d0 = torch.tensor([[[1.0, 0.0]]])
+        >>> vat_direction(logits_of, logits_of(torch.zeros(1, 1, 2)), d0)
+        tensor([[[ 0.7071, -0.7071]]])
     """
-    xi, eps, steps = check_positive("xi", xi), check_positive("eps", eps), check_steps(steps)
-    m = None if mask is None else mask.to(torch.float32).unsqueeze(-1)
-    d = _unit(d0 if m is None else d0 * m)
-    with torch.enable_grad():
-        for _ in range(steps):
-            d = (xi * d).requires_grad_()
-            (g,) = torch.autograd.grad(kl_to_clean(clean_logits, forward(d)), d)
-            d = _unit(g if m is None else g * m)
-    return eps * d.detach()
+    target = clean_logits.detach()
+    d = normalize_per_example(d.detach().float())
+    for _ in range(check_steps(power_iterations)):
+        d = (xi * d).requires_grad_()
+        kl = uda_loss(target, logits_of(d), temperature=1.0, threshold=None)
+        (grad,) = torch.autograd.grad(kl, d)
+        d = normalize_per_example(grad.detach())
+    return d
 
 
-def vat_loss(
-    forward: Logits,
-    clean_logits: torch.Tensor,
-    d0: torch.Tensor,
-    xi: float = 0.1,
-    eps: float = 1.0,
-    steps: int = 1,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``KL(p_clean ‖ p(x + r_adv))`` with ``r_adv`` from :func:`vat_perturbation` (same
-    arguments); the gradient flows through the perturbed forward only.
+class VAT(ConsistencyTrick):
+    """VAT on the input-embedding output, as a loss term.
 
-    Example:
-        >>> lin = torch.nn.Linear(4, 3)
-        >>> x = torch.randn(2, 4)
-        >>> float(vat_loss(lambda d: lin(x + d), lin(x), torch.randn(2, 4))) > 0
-        True
-    """
-    r_adv = vat_perturbation(forward, clean_logits, d0, xi, eps, steps, mask)
-    return kl_to_clean(clean_logits, forward(r_adv))
-
-
-def _logits_of(out: Any) -> torch.Tensor:
-    """Logits from ``logits``, ``(loss, logits)`` or a model output with ``.logits``."""
-    if isinstance(out, tuple | list):
-        out = out[1]
-    out = getattr(out, "logits", out)
-    if not isinstance(out, torch.Tensor):
-        raise ValueError(
-            f"VAT needs logits: the forward must return logits, (loss, logits) or an output "
-            f"with .logits, got {type(out).__name__}; make loss_fn return (loss, logits)"
-        )
-    return out
-
-
-def _model_logits(model: nn.Module, batch: Any) -> torch.Tensor:
-    return _logits_of(model(**batch) if isinstance(batch, Mapping) else model(batch))
-
-
-class VAT(Trick):
-    """Virtual adversarial training on the input-embedding output (a forward hook, so frozen
-    and LoRA-wrapped embeddings work and no weight is written).
-
-    As a :class:`danlu.Trick` it adds ``alpha · vat`` to the loss of each micro-batch: by
-    default on the labelled batch, its extra forwards run through the inner loss chain and
-    the chain's own forward is the clean side; with ``batch_fn`` (e.g. ``lambda b:
-    b["unlabelled"]`` beside :class:`danlu.semi.Unlabelled`) on another batch, through
-    ``logits_fn(model, batch)``.
+    ``loss = supervised + alpha · KL(p(x) ‖ p(x + r_adv))`` on the labelled batch itself
+    (``unlabelled=None``) or on a batch drawn from ``unlabelled`` each micro-batch.
 
     Args:
-        model: the model (DDP / ``torch.compile`` wrappers are looked through).
-        alpha: weight of the term (>= 0); 1.0 in the paper.
-        eps: per-example L2 norm of the perturbation (> 0); Miyato et al. use 5.0 on
-            normalised word embeddings, start at 1.0 for BERT-sized ones.
-        xi: finite-difference step of the power iteration (> 0).
-        steps: power iterations (>= 1).
-        target: which embedding (see :func:`danlu.adversarial.find_embedding`).
-        batch_fn: ``batch_fn(batch) -> batch`` the term is computed on (default: the batch).
-        logits_fn: ``logits_fn(model, batch) -> logits`` for ``batch_fn``'s batch (default:
-            ``model(**batch)`` or ``model(batch)``, taking ``.logits`` when present).
+        model: the model (its input embedding is found by
+            :func:`~danlu.adversarial.find_embedding`; frozen / LoRA embeddings work: only
+            the output is perturbed, by a forward hook).
+        unlabelled: re-iterable of unlabelled batches, or ``None``.
+        alpha: weight of the term (>= 0; 1 in the papers).
+        eps: per-example L2 norm of the perturbation (> 0); of the order of one token's
+            embedding norm (BERT: about 1).
+        xi: power-iteration step (> 0); 1e-3 rather than the paper's 1e-6 because
+            ``x + xi·d`` is rounded in fp32.
+        power_iterations: >= 1.
+        target: which embedding.
+        logits_fn: ``logits_fn(model, batch) -> logits`` (default
+            :func:`~danlu.semi.default_logits`); on the labelled batch it must ignore the
+            labels.
         generator: a ``torch.Generator`` for the random start (checkpointed).
 
-    Padding positions (``padding_idx`` of the embedding) are never perturbed.
-
     Example:
-        >>> vat = VAT(model, eps=1.0)
-        >>> term, logits = vat.loss(lambda: model(batch["input_ids"]))   # hand-written loop
-        >>> loss = F.cross_entropy(logits, batch["labels"]) + term
-        >>> tricks = danlu.Tricks([VAT(model, alpha=1.0, eps=1.0)])     # composed
+        >>> vat = VAT(model, eps=1.0, logits_fn=lambda m, b: m(b["input_ids"]))
+        >>> loss = loss_fn(model, batch)[0] + vat.term(model, batch)   # a hand-written loop
+        >>> tricks = danlu.Tricks([VAT(model, unlabelled=unlabelled_loader)])   # composed
     """
 
-    order = Order.LOSS_WRAP
+    name = "vat"
 
     def __init__(
         self,
         model: nn.Module,
+        unlabelled: Iterable[Any] | None = None,
         alpha: float = 1.0,
         eps: float = 1.0,
-        xi: float = 0.1,
-        steps: int = 1,
+        xi: float = 1e-3,
+        power_iterations: int = 1,
+        *,
         target: Target = None,
-        batch_fn: Callable[[Any], Any] | None = None,
         logits_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.alpha = _check_alpha(alpha)
+        super().__init__(unlabelled, alpha, logits_fn)
         self.eps = check_positive("eps", eps)
         self.xi = check_positive("xi", xi)
-        self.steps = check_steps(steps)
+        self.power_iterations = check_steps(power_iterations)
         self.module = find_embedding_module(model, target)
-        self.batch_fn = batch_fn
-        self.logits_fn = logits_fn
         self.generator = generator
 
-    @contextlib.contextmanager
-    def _added(self, delta: torch.Tensor) -> Iterator[None]:
-        with output_hook(self.module, lambda out, args: out + delta.to(out.dtype)):
-            yield
+    def _logits_of(self, model: nn.Module, batch: Any) -> LogitsOf:
+        def logits_of(delta: torch.Tensor) -> torch.Tensor:
+            with output_hook(self.module, lambda out, args: out + delta.to(out.dtype)):
+                return self.logits_fn(model, batch)
 
-    def loss(self, run: Callable[[], Any]) -> tuple[torch.Tensor, Any]:
-        """``(vat_term, run's clean output)``: ``run()`` is the clean forward (its output is
-        returned as is, for the supervised loss), then ``steps + 1`` perturbed ones.
-        ``run()`` returns logits, ``(loss, logits)`` or an output with ``.logits``."""
-        seen: dict[str, torch.Tensor] = {}
+        return logits_of
 
-        def record(out: torch.Tensor, args: tuple) -> None:
-            seen["shape"], seen["ids"] = out, args[0] if args else None
-
-        with output_hook(self.module, record):
-            clean = run()
-        if "shape" not in seen:
-            raise ValueError("VAT: run() never called the embedding module; pass target=")
-        embeds, ids = seen["shape"], seen["ids"]
-        pad = getattr(self.module, "padding_idx", None)
-        mask = ids != pad if pad is not None and isinstance(ids, torch.Tensor) else None
-        d0 = _draw(embeds, "normal", self.generator)
-
-        def forward(delta: torch.Tensor) -> torch.Tensor:
-            with self._added(delta):
-                return _logits_of(run())
-
-        term = vat_loss(forward, _logits_of(clean), d0, self.xi, self.eps, self.steps, mask)
-        return term, clean
-
-    def compute_loss(self, forward, batch: Any, state: State):
-        if self.batch_fn is None and self.logits_fn is None:
-            term, (loss, logits) = self.loss(lambda: forward(batch))
-        else:
-            other = batch if self.batch_fn is None else self.batch_fn(batch)
-            logits_fn = self.logits_fn or _model_logits
-            term, _ = self.loss(lambda: logits_fn(state.model, other))
-            loss, logits = forward(batch)
-        state.extra["vat"] = term.detach()
-        return loss + self.alpha * term, logits
+    def term(self, model: nn.Module, item: Any, state: State | None = None) -> torch.Tensor:
+        """The VAT term on one batch (labels unused)."""
+        seen: list[torch.Tensor] = []  # the clean embedding output: shape and device of d
+        with output_hook(self.module, lambda out, args: seen.append(out)):
+            clean = self.clean_logits(model, item)
+        if not seen:
+            raise ValueError("VAT: the forward never called the embedding module; pass target=")
+        shape, device = seen[0].shape, seen[0].device
+        gen_device = self.generator.device if self.generator is not None else device
+        d = torch.randn(shape, generator=self.generator, device=gen_device).to(device)
+        with torch.autocast(device.type, enabled=False):
+            direction = vat_direction(
+                self._logits_of(unwrap_model(model), item),
+                clean,
+                d,
+                self.xi,
+                self.power_iterations,
+            )
+        adv = self._logits_of(model, item)(self.eps * direction)
+        return uda_loss(clean, adv, temperature=1.0, threshold=None)
 
     def state_dict(self) -> dict:
-        return {} if self.generator is None else {"generator": self.generator.get_state()}
+        sd = super().state_dict()
+        if self.generator is not None:
+            sd["generator"] = self.generator.get_state()
+        return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
-        if self.generator is not None and "generator" in state_dict:
-            self.generator.set_state(state_dict["generator"])
-        elif state_dict:
-            super().load_state_dict(state_dict)
+        state_dict = dict(state_dict)
+        gen = state_dict.pop("generator", None)
+        if gen is not None and self.generator is not None:
+            self.generator.set_state(gen)
+        super().load_state_dict(state_dict)
 
     def __repr__(self) -> str:
-        return f"VAT(alpha={self.alpha}, eps={self.eps}, xi={self.xi}, steps={self.steps})"
+        return (
+            f"VAT(alpha={self.alpha}, eps={self.eps}, xi={self.xi}, "
+            f"power_iterations={self.power_iterations})"
+        )
