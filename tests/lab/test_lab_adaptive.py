@@ -144,6 +144,8 @@ def test_mlflow_logs_every_cell_once_to_a_real_local_store(fake, tmp_path):
     (parent,) = [r for r in runs if "danlu.cell" not in r.data.tags]
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"report.md", "deltas.png", "results.jsonl"} <= names
+    stored = list((tmp_path / "mlartifacts").rglob("report.md"))  # beside the run, not ./mlruns
+    assert len(stored) == 1 and stored[0].read_text() == (tmp_path / "report.md").read_text()
 
 
 def test_aggregate_across_tasks_against_a_plain_computation(fake, tmp_path):

@@ -1,6 +1,6 @@
 """Optional MLflow tracking of a lab run (extra ``mlflow``): one parent run per output
 directory (the task's settings and design as params, ``report.md`` and the plots as
-artefacts) with one nested run per cell (its key as params, its metrics and costs).
+artefacts, kept in ``out/mlartifacts`` for a local store) with one nested run per cell (its key as params, its metrics and costs).
 ``results.jsonl`` stays the source of truth: logging reads it, and a cell already logged
 (tag ``danlu.cell``) is not logged twice, so a resumed run logs only its new cells.
 
@@ -32,7 +32,13 @@ def log_to_mlflow(out: str | os.PathLike, uri: str | None = None) -> str:
         raise ValueError(f"{out}/results.jsonl is empty: nothing to log")
     uri = uri or f"sqlite:///{out.resolve()}/mlflow.db"
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(f"danlu-lab-{records[0]['task']}")
+    name = f"danlu-lab-{records[0]['task']}"
+    if mlflow.get_experiment_by_name(name) is None:
+        # a database store keeps artefacts in ./mlruns of the working directory unless told:
+        # keep them beside the run (a tracking server with its own artefact store ignores it)
+        local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+        mlflow.create_experiment(name, (out.resolve() / "mlartifacts").as_uri() if local else None)
+    experiment = mlflow.set_experiment(name)
     parent_name = str(out.resolve())
     found = mlflow.search_runs([experiment.experiment_id], output_format="list",
                                filter_string=f"tags.`danlu.out` = '{parent_name}'")  # fmt: skip
