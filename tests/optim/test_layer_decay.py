@@ -165,6 +165,19 @@ def test_head_lr_scale_multiplies_the_top_depth_only():
     assert lrs["bert.embeddings.word_embeddings.weight"] == pytest.approx(LR * DECAY**4)
 
 
+def test_electra_ernie_kit_exponent_is_lr_times_decay_with_head_scale_one_over_decay():
+    """ELECTRA / ERNIE-kit / PaddleNLP: ``lr · decay^(n + 2 − depth)`` with embeddings 0,
+    layer i → i + 1 and the head n + 2 (depth n + 1 unused), written here by name."""
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(**SMALL))
+    n = SMALL["num_hidden_layers"]
+    groups = layer_decay_groups(model, lr=LR * DECAY, decay=DECAY, head_lr_scale=1 / DECAY)
+    for g in groups:
+        for name in g["param_names"]:
+            depth = _reference_depth(name, n)
+            electra = n + 2 if depth == n + 1 else depth
+            assert g["lr"] == pytest.approx(LR * DECAY ** (n + 2 - electra)), name
+
+
 def test_undiscoverable_model_lists_unassigned_parameters():
     with pytest.raises(
         ValueError, match=r"could not find the layer list.*'embed\.weight'.*'head\.bias'"
