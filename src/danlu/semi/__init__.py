@@ -5,6 +5,12 @@ Every trick is a plain function, a drop-in object and a :class:`danlu.Trick`.
 """
 
 from danlu.semi.fixmatch import FixMatch, fixmatch_loss
+from danlu.semi.pseudo import (
+    PseudoLabels,
+    PseudoRound,
+    pseudo_label_round,
+    select_pseudo_labels,
+)
 from danlu.semi.uda import UDA, tsa_cross_entropy, tsa_threshold, uda_loss
 from danlu.semi.unlabelled import (
     ConsistencyTrick,
@@ -26,4 +32,8 @@ __all__ = [
     "tsa_cross_entropy",
     "FixMatch",
     "fixmatch_loss",
+    "select_pseudo_labels",
+    "PseudoLabels",
+    "pseudo_label_round",
+    "PseudoRound",
 ]
