@@ -83,26 +83,20 @@ def stratified_folds(
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax of a numpy array (float64).
+    """Numerically stable softmax of a numpy array (float64; ``scipy.special.softmax``).
 
     Example:
         >>> softmax(np.array([0.0, np.log(3.0)])).round(2)
         array([0.25, 0.75])
     """
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+    special = require("scipy.special", "lab", "kfold.softmax")
+    return special.softmax(np.asarray(logits, dtype=np.float64), axis=axis)
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks along axis 0 with ties given their average rank (scipy's 'average')."""
-    out = np.empty(x.shape, dtype=np.float64)
-    for col in range(x.shape[1]):
-        _, inverse, counts = np.unique(x[:, col], return_inverse=True, return_counts=True)
-        first = np.cumsum(counts) - counts  # 0-based position of each distinct value's first copy
-        out[:, col] = (first + (counts + 1) / 2.0)[inverse.reshape(-1)]
-    return out
+    """1-based ranks along axis 0 with ties given their average rank."""
+    stats = require("scipy.stats", "lab", "rank ensembling")
+    return stats.rankdata(x, method="average", axis=0)
 
 
 def ensemble(

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from danlu._checks import check_number
 from danlu._embeddings import find_embedding_module
 from danlu.core import Order, State, Trick, unwrap_model
 
@@ -133,9 +134,7 @@ def _check_index(index: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _check_lam(lam: float) -> float:
-    if not 0.0 <= float(lam) <= 1.0:
-        raise ValueError(f"lam must be in [0, 1], got {lam!r}")
-    return float(lam)
+    return check_number("lam", lam, 0.0, 1.0, fix="lam weighs the first label set")
 
 
 def mixup_batch(
@@ -238,6 +237,11 @@ def mixup_cross_entropy(
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> fp32
     if isinstance(lam, torch.Tensor):
+        if lam.shape != (len(logits),) or not bool(((lam >= 0) & (lam <= 1)).all()):
+            raise ValueError(
+                f"a per-example lam must be a ({len(logits)},) tensor with values in [0, 1], "
+                f"got {lam!r}; use the lam that token_cutmix returns"
+            )
         fn = loss_from_logits or (lambda z, t: F.cross_entropy(z, t, reduction="none"))
         la, lb = fn(logits, y_a), fn(logits, y_b)
         if la.shape != (len(logits),):
@@ -247,6 +251,7 @@ def mixup_cross_entropy(
             )
         lam = lam.to(la.device, la.dtype)
         return (lam * la + (1 - lam) * lb).mean()
+    lam = _check_lam(lam)
     fn = loss_from_logits or F.cross_entropy
     return lam * fn(logits, y_a) + (1.0 - lam) * fn(logits, y_b)
 

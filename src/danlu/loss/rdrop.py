@@ -36,6 +36,14 @@ def _check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
+def _check_pair(logits1: torch.Tensor, logits2: torch.Tensor) -> None:
+    if logits1.shape != logits2.shape:
+        raise ValueError(
+            f"the two passes' logits must have the same shape, got {tuple(logits1.shape)} "
+            f"and {tuple(logits2.shape)}; pass both forward passes of the same batch"
+        )
+
+
 def symmetric_kl(
     logits1: torch.Tensor, logits2: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -53,11 +61,7 @@ def symmetric_kl(
         >>> symmetric_kl(a, a)
         tensor(0.)
     """
-    if logits1.shape != logits2.shape:
-        raise ValueError(
-            f"the two passes' logits must have the same shape, got {tuple(logits1.shape)} "
-            f"and {tuple(logits2.shape)}"
-        )
+    _check_pair(logits1, logits2)
     lp1 = F.log_softmax(as_float(logits1), dim=-1)
     lp2 = F.log_softmax(as_float(logits2), dim=-1)
     per = ((lp1.exp() - lp2.exp()) * (lp1 - lp2)).sum(-1).mul(0.5)
@@ -97,6 +101,7 @@ def rdrop_loss(
         >>> loss = rdrop_loss(l1, l2, torch.tensor([0, 1, 2, 0]), alpha=1.0)
     """
     alpha = _check_alpha(alpha)
+    _check_pair(logits1, logits2)  # before the cross-entropy, which fails obscurely on it
     if target.shape != logits1.shape[:-1]:
         raise ValueError(
             f"target must hold one class index per row of logits, shape "

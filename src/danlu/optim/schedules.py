@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from danlu._checks import check_int, check_number
 from danlu.core import Order, State, Trick
 
 __all__ = [
@@ -28,13 +29,9 @@ Kind = Literal["linear", "cosine", "constant"]
 
 
 def _check(warmup_steps: int, total_steps: int | None, kind: str) -> None:
-    if not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    check_int("warmup_steps", warmup_steps, 0, fix="count optimizer steps, e.g. 6% of total_steps")
     if kind != "constant":
-        if not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(
-                f"total_steps must be an integer >= 1 for a {kind} schedule, got {total_steps!r}"
-            )
+        check_int("total_steps", total_steps, 1, fix=f"a {kind} schedule needs the number of steps")
         if warmup_steps > total_steps:
             raise ValueError(
                 f"warmup_steps ({warmup_steps}) must not exceed total_steps ({total_steps})"
@@ -84,8 +81,7 @@ def warmup_schedule(
     if kind not in ("linear", "cosine", "constant"):
         raise ValueError(f"kind must be 'linear', 'cosine' or 'constant', got {kind!r}")
     _check(warmup_steps, total_steps, kind)
-    if not 0.0 <= min_factor <= 1.0:
-        raise ValueError(f"min_factor must be in [0, 1], got {min_factor!r}")
+    check_number("min_factor", min_factor, 0.0, 1.0, fix="the final lr as a fraction of the peak")
     return LambdaLR(
         optimizer, lambda s: warmup_factor(s, kind, warmup_steps, total_steps, min_factor)
     )

@@ -1,0 +1,46 @@
+"""Argument checks shared by the tricks: one wording for "name, value, allowed range, fix".
+
+Python's ``bool`` is an ``int`` (``True == 1``), so a flag passed where a count is meant would
+otherwise be accepted silently; both checks refuse it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None, fix: str = "") -> int:
+    """``value`` if it is an int (not a bool) in ``[low, high]``, else a ValueError naming
+    ``name``, the value, the range and ``fix``."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if not (ok and value >= low and (high is None or value <= high)):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        hint = f"; {fix}" if fix else ""
+        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}{hint}")
+    return value
+
+
+def check_number(
+    name: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+    fix: str = "",
+) -> float:
+    """``float(value)`` if it is a real number (not a bool, not NaN) in the interval, else a
+    ValueError naming ``name``, the value, the interval and ``fix``. ``high=inf`` with
+    ``open_high=False`` admits ``float('inf')``."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+    if ok:
+        ok = (value > low if open_low else value >= low) and (
+            value < high if open_high else value <= high
+        )
+    if not ok:
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        hint = f"; {fix}" if fix else ""
+        raise ValueError(f"{name} must be in {interval} (a real number), got {value!r}{hint}")
+    return float(value)
