@@ -89,3 +89,38 @@ def test_round_composes_with_kfold():
     assert acc > 0.9 and len(out[-1].selected.index) > 20
     with pytest.raises(ValueError, match="rounds must be an integer >= 1"):
         pseudo_label_round(fit_predict, y[lab], len(unl), rounds=0)
+
+
+def test_pseudo_label_trick_relabels_at_epoch_end_and_adds_ce():
+    import copy
+
+    import torch.nn.functional as F
+    from helpers import TinyTextClassifier, loss_fn, make_batch
+
+    import danlu
+    from danlu.semi import PseudoLabel
+
+    torch.manual_seed(0)
+    model = TinyTextClassifier()
+    unl = [{"input_ids": make_batch(seed=30 + i)["input_ids"]} for i in range(2)]
+    trick = PseudoLabel(unl, alpha=0.5, start_epoch=1, threshold=0.35,
+                        logits_fn=lambda m, b: m(b["input_ids"]))  # fmt: skip
+    tricks = danlu.Tricks([trick])
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # frozen weights: losses comparable
+    b = make_batch()
+    plain = loss_fn(copy.deepcopy(model), b)[0]
+    assert torch.equal(tricks.step(model, opt, b, loss_fn).loss, plain.detach())  # not yet
+    tricks.epoch_end()
+    probs = torch.cat([model(u["input_ids"]) for u in unl]).softmax(-1).detach()
+    ref = select_pseudo_labels(probs, threshold=0.35)
+    assert tricks.state.extra["pseudo_selected"] == len(ref.index) > 0
+    first = ref.index[ref.index < 8]  # rows of the first batch
+    st = tricks.step(model, opt, b, loss_fn)
+    ce = F.cross_entropy(model(unl[0]["input_ids"])[first], torch.as_tensor(ref.labels[: len(first)]))
+    torch.testing.assert_close(st.loss, (plain + 0.5 * ce).detach())
+    with pytest.raises(ValueError, match="start_epoch must be an integer >= 1"):
+        PseudoLabel(unl, start_epoch=0)
+    with pytest.raises(ValueError, match="threshold must be a probability"):
+        PseudoLabel(unl, threshold=2.0)
+    with pytest.raises(ValueError, match="empty"):
+        PseudoLabel([])

@@ -6,6 +6,7 @@ Every trick is a plain function, a drop-in object and a :class:`danlu.Trick`.
 
 from danlu.semi.fixmatch import FixMatch, fixmatch_loss
 from danlu.semi.pseudo import (
+    PseudoLabel,
     PseudoLabels,
     PseudoRound,
     pseudo_label_round,
@@ -34,6 +35,7 @@ __all__ = [
     "fixmatch_loss",
     "select_pseudo_labels",
     "PseudoLabels",
+    "PseudoLabel",
     "pseudo_label_round",
     "PseudoRound",
 ]

@@ -3,6 +3,10 @@ sure about and train again on them.
 
 - :func:`select_pseudo_labels` — per-class confidence thresholds and class-balance caps on
   ``(n, C)`` probabilities; the most confident examples of a class are kept first.
+- :class:`PseudoLabel` — the :class:`danlu.Trick`: from ``start_epoch`` on, at every epoch
+  end it re-labels a fixed list of unlabelled batches with the current model, and each
+  micro-batch adds ``alpha · CE`` on the next batch's selected rows (online pseudo-labels,
+  Lee 2013, started late as the course material advises).
 - :func:`pseudo_label_round` — train → label → retrain, for as many rounds as asked, with
   your own ``fit_predict``; ``danlu.kfold.run_kfold``'s ensembled test probabilities fit it
   directly (see the example).
@@ -14,10 +18,21 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from danlu.semi.unlabelled import check_probability
+from danlu.core import Order, State, Trick
+from danlu.loss._swap import as_float
+from danlu.semi.unlabelled import check_probability, default_logits
 
-__all__ = ["PseudoLabels", "select_pseudo_labels", "pseudo_label_round", "PseudoRound"]
+__all__ = [
+    "PseudoLabels",
+    "select_pseudo_labels",
+    "PseudoLabel",
+    "pseudo_label_round",
+    "PseudoRound",
+]
 
 
 class PseudoLabels(NamedTuple):
@@ -102,6 +117,113 @@ def select_pseudo_labels(
     index = np.sort(np.concatenate(chosen)).astype(np.int64)
     labels = p[index] if soft else pred[index]
     return PseudoLabels(index, labels, conf[index])
+
+
+class PseudoLabel(Trick):
+    """Online pseudo-labelling on a fixed list of unlabelled batches.
+
+    At the end of epoch ``start_epoch - 1`` and of every later epoch, the model (in eval
+    mode, without gradients) predicts every batch and :func:`select_pseudo_labels` picks the
+    rows to trust. Then each micro-batch adds ``alpha · CE(logits[rows], pseudo-labels)`` of
+    the next batch that has selected rows (cycled); before the first labelling it adds
+    nothing, so the loop equals the plain loop.
+
+    Args:
+        unlabelled: a list (or other re-iterable with a stable order) of unlabelled batches.
+        alpha: weight of the pseudo-label loss (>= 0).
+        start_epoch: the first epoch trained with pseudo-labels (>= 1).
+        threshold, max_per_class, balance: as in :func:`select_pseudo_labels`.
+        logits_fn: ``logits_fn(model, batch) -> (B, C) logits`` (default
+            :func:`~danlu.semi.default_logits`).
+
+    ``state.extra["pseudo_selected"]`` is the number of selected examples.
+
+    Example:
+        >>> tricks = danlu.Tricks([PseudoLabel(unlabelled_batches, start_epoch=2)])
+        >>> ...; tricks.epoch_end()          # the labelling happens in epoch_end
+    """
+
+    order = Order.LOSS_WRAP
+
+    def __init__(
+        self,
+        unlabelled: Sequence[Any],
+        alpha: float = 1.0,
+        start_epoch: int = 1,
+        threshold: float | Sequence[float] = 0.9,
+        max_per_class: int | Sequence[int | None] | None = None,
+        balance: bool = False,
+        *,
+        logits_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    ) -> None:
+        from danlu.loss.rdrop import _check_alpha
+
+        self.batches = list(unlabelled)
+        if not self.batches:
+            raise ValueError("the unlabelled batches are empty: pass at least one batch")
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 1:
+            raise ValueError(f"start_epoch must be an integer >= 1, got {start_epoch!r}")
+        self.alpha = _check_alpha(alpha)
+        self.start_epoch = start_epoch
+        self.select = {"threshold": threshold, "max_per_class": max_per_class,
+                       "balance": balance}  # fmt: skip
+        for t in threshold if isinstance(threshold, Sequence) else [threshold]:
+            check_probability("threshold", t)
+        for cap in max_per_class if isinstance(max_per_class, Sequence) else [max_per_class]:
+            _check_cap("max_per_class", cap)
+        self.logits_fn = logits_fn or default_logits
+        self.labels: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (batch, rows, labels)
+        self.cursor = 0
+        self._current: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    def relabel(self, model: nn.Module) -> PseudoLabels:
+        """Predict every unlabelled batch and select the pseudo-labels."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                logits = [self.logits_fn(model, b).float() for b in self.batches]
+        finally:
+            model.train(was_training)
+        sel = select_pseudo_labels(torch.cat(logits).softmax(-1), **self.select)
+        starts = np.cumsum([0] + [len(x) for x in logits])
+        self.labels = []
+        for i in range(len(logits)):
+            keep = (sel.index >= starts[i]) & (sel.index < starts[i + 1])
+            if keep.any():
+                rows = torch.as_tensor(sel.index[keep] - starts[i])
+                self.labels.append((i, rows, torch.as_tensor(sel.labels[keep])))
+        self.cursor = 0
+        return sel
+
+    def on_epoch_end(self, state: State) -> None:
+        if state.epoch >= self.start_epoch and state.model is not None:
+            state.extra["pseudo_selected"] = len(self.relabel(state.model).index)
+
+    def on_batch(self, batch: Any, state: State) -> Any:
+        self._current = None
+        if self.labels:
+            self._current = self.labels[self.cursor % len(self.labels)]
+            self.cursor += 1
+        return batch
+
+    def compute_loss(self, forward, batch: Any, state: State):
+        loss, logits = forward(batch)
+        if self._current is None:
+            return loss, logits
+        i, rows, labels = self._current
+        out = self.logits_fn(state.model, self.batches[i])
+        ce = F.cross_entropy(as_float(out[rows.to(out.device)]), labels.to(out.device))
+        return loss + self.alpha * ce, logits
+
+    def state_dict(self) -> dict:
+        return {"labels": self.labels, "cursor": self.cursor}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.labels, self.cursor = list(state_dict["labels"]), state_dict["cursor"]
+
+    def __repr__(self) -> str:
+        return f"PseudoLabel(alpha={self.alpha}, start_epoch={self.start_epoch})"
 
 
 class PseudoRound(NamedTuple):
