@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from danlu._checks import check_int
+
 __all__ = [
     "TextDataset",
     "package_data_dir",
@@ -127,6 +129,9 @@ def char_vocab(texts: list[str], min_freq: int = 2, max_size: int | None = None)
         >>> char_vocab(["好好", "好的"], min_freq=1)
         {'<pad>': 0, '<unk>': 1, '好': 2, '的': 3}
     """
+    check_int("min_freq", min_freq, 1, fix="1 keeps every character seen")
+    if max_size is not None:
+        check_int("max_size", max_size, 1, fix="None keeps every frequent character")
     counts = Counter(ch for t in texts for ch in t)
     vocab = {"<pad>": 0, "<unk>": 1}
     for ch, n in counts.most_common(max_size):
@@ -143,6 +148,7 @@ def encode_chars(texts: list[str], vocab: dict[str, int], max_len: int) -> torch
         tensor([[2, 1, 0],
                 [2, 0, 0]])
     """
+    check_int("max_len", max_len, 1, fix="characters kept per text, e.g. 128")
     out = torch.zeros(len(texts), max_len, dtype=torch.long)
     for i, text in enumerate(texts):
         ids = [vocab.get(ch, 1) for ch in text[:max_len]]

@@ -126,6 +126,11 @@ def ensemble(
         raise ValueError(
             f"fold_outputs must have shape (n_folds, n_examples, n_classes), got {z.shape}"
         )
+    if not np.isfinite(z).all():
+        raise ValueError(
+            f"fold_outputs must be finite, got {int((~np.isfinite(z)).sum())} NaN/inf entries; "
+            "a diverged fold (NaN loss) must be retrained or left out"
+        )
     if method == "mean_logits":
         return z.mean(axis=0)
     if method == "mean_probs":

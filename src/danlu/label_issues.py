@@ -64,6 +64,11 @@ def _check(labels: Any, pred_probs: Any) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(pred_probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] < 2:
         raise ValueError(f"pred_probs must have shape (n, n_classes >= 2), got {p.shape}")
+    if p.shape[0] == 0:
+        raise ValueError(
+            "pred_probs and labels are empty (0 examples); pass the out-of-fold predictions "
+            "of the whole training set (KFoldResult.oof_probs)"
+        )
     if y.shape != (p.shape[0],):
         raise ValueError(
             f"labels must hold one label per row of pred_probs: got shape {y.shape} for "

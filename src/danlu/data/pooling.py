@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from danlu._checks import check_int
+
 __all__ = [
     "padded_chunks",
     "pool_chunks",
@@ -165,6 +167,7 @@ class AttentionPooling(nn.Module):
 
     def __init__(self, dim: int, hidden: int | None = None) -> None:
         super().__init__()
+        check_int("dim", dim, 1, fix="the size of each chunk vector")
         if hidden is None:
             self.score = nn.Linear(dim, 1)
         else:
@@ -199,6 +202,9 @@ class LSTMPooling(nn.Module):
 
     def __init__(self, dim: int, hidden_size: int | None = None, bidirectional: bool = False):
         super().__init__()
+        check_int("dim", dim, 1, fix="the size of each chunk vector")
+        if hidden_size is not None:
+            check_int("hidden_size", hidden_size, 1, fix="None uses dim")
         self.lstm = nn.LSTM(dim, hidden_size or dim, batch_first=True, bidirectional=bidirectional)
 
     def forward(self, x, mask=None, doc_index=None) -> torch.Tensor:

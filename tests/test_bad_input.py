@@ -1,0 +1,163 @@
+"""Every row of docs/errors.md: a bad input to a public entry point and the error it must raise.
+
+Each expected message names the argument and the allowed range (or the expected shape), so a
+user can fix the call from the message alone. The ids are the rows of the table in
+docs/errors.md (``test_errors_doc_lists_every_row`` keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from danlu.data.augment import augment
+from danlu.data.cutmix import token_cutmix
+from danlu.data.eda import EDA, eda_params
+from danlu.data.longtext import sliding_windows, truncate
+from danlu.data.mixup import mixup_batch, mixup_cross_entropy, sample_lambda
+from danlu.data.pooling import AttentionPooling, LSTMPooling, pool_chunks
+from danlu.datasets import char_vocab, encode_chars
+from danlu.kfold import ensemble, stratified_folds
+from danlu.label_issues import find_label_issues
+from danlu.loss.focal import focal_loss
+from danlu.loss.rdrop import RDrop, rdrop_loss
+from danlu.loss.smoothing import LabelSmoothing, temperature_cross_entropy
+from danlu.nn.drop_path import DropPath, drop_path
+from danlu.nn.reinit import reinit_top_layers
+from danlu.optim.clip import ClipGradNorm, ClipGradValue, GradNormMonitor, grad_norm
+from danlu.optim.lookahead import lookahead
+from danlu.optim.schedules import warmup_schedule
+
+NAN = math.nan
+
+
+def _opt():
+    return torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+
+
+L3, Y3 = torch.zeros(4, 3), torch.tensor([0, 1, 2, 0])
+IDS = torch.ones(2, 5, dtype=torch.long)
+
+# (row id, call, exception type, pattern the message must contain)
+ROWS = [
+    # loss/
+    ("rdrop_loss shapes differ", lambda: rdrop_loss(L3, torch.zeros(4, 2), Y3), ValueError,
+     r"same shape, got \(4, 3\) and \(4, 2\)"),
+    ("rdrop_loss alpha NaN", lambda: rdrop_loss(L3, L3, Y3, alpha=NAN), ValueError,
+     r"alpha .* >= 0, got nan"),
+    ("RDrop alpha -1", lambda: RDrop(alpha=-1), ValueError, r"alpha .* >= 0, got -1"),
+    ("focal_loss gamma True", lambda: focal_loss(L3, Y3, gamma=True), ValueError,
+     r"gamma must be a finite number >= 0"),
+    ("focal_loss gamma NaN", lambda: focal_loss(L3, Y3, gamma=NAN), ValueError,
+     r"gamma must be a finite number >= 0.*got nan"),
+    ("focal_loss target shape", lambda: focal_loss(L3, Y3[:3], gamma=2), ValueError,
+     r"class indices of shape \(4,\)"),
+    ("focal_loss label_smoothing 2", lambda: focal_loss(L3, Y3, label_smoothing=2.0), ValueError,
+     r"label_smoothing must be in \[0, 1\], got 2.0"),
+    ("LabelSmoothing eps 1.5", lambda: LabelSmoothing(eps=1.5), ValueError,
+     r"eps must be in \[0, 1\]"),
+    ("temperature 0", lambda: temperature_cross_entropy(L3, Y3, temperature=0), ValueError,
+     r"temperature must be a finite number > 0 .*got 0"),
+    # data/
+    ("mixup_cross_entropy lam 2", lambda: mixup_cross_entropy(L3, Y3, Y3, 2.0), ValueError,
+     r"lam must be in \[0, 1\].*got 2.0"),
+    ("mixup_cross_entropy lam NaN", lambda: mixup_cross_entropy(L3, Y3, Y3, NAN), ValueError,
+     r"lam must be in \[0, 1\].*got nan"),
+    ("mixup_cross_entropy lam tensor", lambda: mixup_cross_entropy(L3, Y3, Y3, torch.full((4,), 1.5)),
+     ValueError, r"per-example lam must be a \(4,\) tensor with values in \[0, 1\]"),
+    ("mixup_batch lam -0.1", lambda: mixup_batch(L3, Y3, 0.4, lam=-0.1), ValueError,
+     r"lam must be in \[0, 1\]"),
+    ("mixup_batch sizes", lambda: mixup_batch(L3, Y3[:3], 0.4), ValueError,
+     r"same batch size in dim 0"),
+    ("sample_lambda alpha 0", lambda: sample_lambda(0.0), ValueError, r"alpha must be a finite number > 0"),
+    ("sample_lambda alpha True", lambda: sample_lambda(True), TypeError, r"alpha must be a number > 0"),
+    ("token_cutmix lam 2", lambda: token_cutmix(IDS, None, 2.0, torch.tensor([1, 0])), ValueError, r"lam must be in \[0, 1\]"),
+    ("truncate max_len True", lambda: truncate(list(range(10)), max_len=True), ValueError,
+     r"max_len must be an integer > num_special"),
+    ("sliding_windows stride 4", lambda: sliding_windows(list(range(10)), window=4, stride=4),
+     ValueError, r"stride .* must be an integer in \[0, 4\)"),
+    ("pool_chunks mode", lambda: pool_chunks(torch.zeros(2, 3), mode="median"), ValueError,
+     r"mode must be 'mean', 'max' or 'sqrt_mean', got 'median'"),
+    ("AttentionPooling dim 0", lambda: AttentionPooling(0), ValueError,
+     r"dim must be an integer >= 1, got 0"),
+    ("LSTMPooling hidden_size 0", lambda: LSTMPooling(4, hidden_size=0), ValueError,
+     r"hidden_size must be an integer >= 1, got 0"),
+    ("augment workers True", lambda: augment(["a b"], None, EDA(n_aug=1), workers=True),
+     ValueError, r"workers must be an int >= 1, got True"),
+    ("augment one str", lambda: augment("a b", None, EDA(n_aug=1)), TypeError,
+     r"texts must be a sequence of str, got one str"),
+    ("EDA alpha_sr 2", lambda: EDA(alpha_sr=2.0), ValueError, r"alpha_sr must be a number in \[0, 1\]"),
+    ("EDA alpha_sr NaN", lambda: EDA(alpha_sr=NAN), ValueError, r"alpha_sr must be a number in \[0, 1\]"),
+    ("EDA n_aug True", lambda: EDA(n_aug=True), ValueError, r"n_aug must be an int >= 1"),
+    ("eda_params n_train 0", lambda: eda_params(0), ValueError, r"n_train must be an int >= 1"),
+    # optim/
+    ("ClipGradNorm norm_type -2", lambda: ClipGradNorm(1.0, norm_type=-2), ValueError,
+     r"norm_type must be in \[1, inf\].*got -2.*use 2.0"),
+    ("ClipGradNorm max_norm NaN", lambda: ClipGradNorm(NAN), ValueError, r"max_norm must be in \(0, inf\)"),
+    ("ClipGradNorm max_norm True", lambda: ClipGradNorm(True), ValueError, r"max_norm must be in \(0, inf\)"),
+    ("ClipGradValue 0", lambda: ClipGradValue(0), ValueError, r"clip_value must be in \(0, inf\)"),
+    ("GradNormMonitor keep 0", lambda: GradNormMonitor(keep=0), ValueError, r"keep must be an integer >= 1"),
+    ("grad_norm norm_type 0", lambda: grad_norm([torch.ones(2)], norm_type=0), ValueError,
+     r"norm_type must be in \[1, inf\]"),
+    ("warmup_schedule warmup_steps True",
+     lambda: warmup_schedule(_opt(), "linear", warmup_steps=True, total_steps=10), ValueError,
+     r"warmup_steps must be an integer >= 0, got True"),
+    ("warmup_schedule total_steps 10.0",
+     lambda: warmup_schedule(_opt(), "cosine", warmup_steps=1, total_steps=10.0), ValueError,
+     r"total_steps must be an integer >= 1, got 10.0"),
+    ("warmup_schedule warmup > total",
+     lambda: warmup_schedule(_opt(), "linear", warmup_steps=20, total_steps=10), ValueError,
+     r"warmup_steps \(20\) must not exceed total_steps \(10\)"),
+    ("warmup_schedule min_factor NaN",
+     lambda: warmup_schedule(_opt(), "linear", 1, 10, min_factor=NAN), ValueError,
+     r"min_factor must be in \[0, 1\]"),
+    ("warmup_schedule kind", lambda: warmup_schedule(_opt(), "step", 1, 10), ValueError,
+     r"kind must be 'linear', 'cosine' or 'constant'"),
+    ("lookahead k True", lambda: lookahead(_opt(), k=True), ValueError, r"k must be an integer >= 1"),
+    ("lookahead alpha 0", lambda: lookahead(_opt(), alpha=0.0), ValueError, r"alpha must be in \(0, 1\]"),
+    # nn/
+    ("drop_path p 1", lambda: drop_path(torch.ones(2, 3), p=1.0), ValueError, r"p must be in \[0, 1\)"),
+    ("DropPath p True", lambda: DropPath(p=True), ValueError, r"p must be in \[0, 1\)"),
+    ("DropPath p NaN", lambda: DropPath(p=NAN), ValueError, r"p must be in \[0, 1\)"),
+    ("reinit_top_layers n True", lambda: reinit_top_layers(nn.Linear(2, 2), n=True), TypeError,
+     r"n must be an int \(number of top layers\), got bool"),
+    # kfold, label issues, datasets
+    ("stratified_folds n_splits 1", lambda: stratified_folds([0, 1] * 5, n_splits=1), ValueError,
+     r"n_splits must be an integer in \[2, 10\]"),
+    ("stratified_folds n_splits True", lambda: stratified_folds([0, 1] * 5, n_splits=True),
+     ValueError, r"n_splits must be an integer in \[2, 10\]"),
+    ("stratified_folds empty", lambda: stratified_folds([]), ValueError, r"labels must be a non-empty"),
+    ("ensemble 2-D", lambda: ensemble(np.zeros((4, 3))), ValueError,
+     r"shape \(n_folds, n_examples, n_classes\), got \(4, 3\)"),
+    ("ensemble NaN", lambda: ensemble(np.full((2, 4, 3), NAN)), ValueError, r"fold_outputs .* finite"),
+    ("ensemble method", lambda: ensemble(np.zeros((2, 4, 3)), "vote"), ValueError,
+     r"method must be 'mean_logits', 'mean_probs' or 'rank'"),
+    ("find_label_issues label 3", lambda: find_label_issues([0, 3], np.full((2, 2), 0.5)),
+     ValueError, r"labels must be integers in \[0, 1\]"),
+    ("find_label_issues empty", lambda: find_label_issues([], np.zeros((0, 2))), ValueError,
+     r"empty \(0 examples\)"),
+    ("find_label_issues NaN probs", lambda: find_label_issues([0, 1], np.full((2, 2), NAN)),
+     ValueError, r"pred_probs must be probabilities"),
+    ("char_vocab min_freq 0", lambda: char_vocab(["ab"], min_freq=0), ValueError,
+     r"min_freq must be an integer >= 1"),
+    ("encode_chars max_len 0", lambda: encode_chars(["ab"], {"a": 2}, max_len=0), ValueError,
+     r"max_len must be an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize(("call", "exc", "pattern"), [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_bad_input_is_refused_with_a_clear_message(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()
+
+
+def test_errors_doc_lists_every_row():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text("utf-8")
+    listed = set(re.findall(r"^\| `([^`]+)` \|", doc, flags=re.M))
+    assert listed == {r[0] for r in ROWS}
