@@ -215,6 +215,17 @@ def _layer_decay_high_lr(model: nn.Module, task: Task) -> list[dict[str, Any]]:
     return layer_decay_groups(model, 3 * task.lr, 0.8, task.weight_decay, depth_fn=task.depth_fn)
 
 
+def _semi(name: str) -> Callable[[RunContext], Trick]:
+    """The semi-supervised / noise atom ``name`` of :mod:`danlu.semi._lab` (imported lazily)."""
+
+    def make(ctx: RunContext) -> Trick:
+        from danlu.semi import _lab
+
+        return getattr(_lab, name)(ctx)
+
+    return make
+
+
 ATOMS: dict[str, Atom] = {
     a.name: a
     for a in (
@@ -246,6 +257,23 @@ ATOMS: dict[str, Atom] = {
              "(Zhang et al. 2021; pretrained encoders)", "init", prepare_model=_reinit),
         Atom("ld3x", "layer-wise lr decay 0.8 with the head at 3x the task lr", "optim",
              param_groups=_layer_decay_high_lr),
+        Atom("uda", "UDA consistency on unlabelled batches (EDA swap/delete view), alpha 1, "
+             "T 0.4, threshold 0.8 (~3x a step)", "semi", make_trick=_semi("uda")),
+        Atom("uda_late", "UDA as above, from the second half of the epochs (Delayed)", "semi",
+             make_trick=_semi("uda_late")),
+        Atom("fixmatch", "FixMatch on unlabelled batches (weak: text, strong: EDA swap/delete), "
+             "threshold 0.95 (~3x a step)", "semi", make_trick=_semi("fixmatch")),
+        Atom("pseudo", "pseudo-labels from the second half of the epochs: re-labels up to 2000 "
+             "unlabelled texts each epoch, p >= 0.9, <= n_train/C per class", "semi",
+             make_trick=_semi("pseudo")),
+        Atom("vat", "VAT on unlabelled batches, eps 1.0, 1 power iteration (~4x a step)", "semi",
+             make_trick=_semi("vat")),
+        Atom("noise", "Gaussian noise on the embedding output, std 0.1x the embedding's", "noise",
+             make_trick=_semi("noise")),
+        Atom("neftune", "NEFTune noise on the embedding output, alpha 5", "noise",
+             make_trick=_semi("neftune")),
+        Atom("fgm_late", "FGM eps 1.0 from the second half of the epochs (Delayed)",
+             "adversarial", make_trick=_semi("fgm_late")),
     )
 }  # fmt: skip
 
