@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -215,15 +216,16 @@ def _layer_decay_high_lr(model: nn.Module, task: Task) -> list[dict[str, Any]]:
     return layer_decay_groups(model, 3 * task.lr, 0.8, task.weight_decay, depth_fn=task.depth_fn)
 
 
+def _semi_trick(name: str, ctx: RunContext) -> Trick:
+    from danlu.semi import _lab
+
+    return getattr(_lab, name)(ctx)
+
+
 def _semi(name: str) -> Callable[[RunContext], Trick]:
-    """The semi-supervised / noise atom ``name`` of :mod:`danlu.semi._lab` (imported lazily)."""
-
-    def make(ctx: RunContext) -> Trick:
-        from danlu.semi import _lab
-
-        return getattr(_lab, name)(ctx)
-
-    return make
+    """The semi-supervised / noise atom ``name`` of :mod:`danlu.semi._lab`, imported lazily
+    (a partial, so atoms stay picklable for worker processes)."""
+    return functools.partial(_semi_trick, name)
 
 
 ATOMS: dict[str, Atom] = {
