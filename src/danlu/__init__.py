@@ -10,7 +10,7 @@ from danlu.core import Order, State, Trick, Tricks, unwrap_model
 from danlu.delayed import Delayed
 from danlu.microbatch import MicroBatch, find_micro_batch
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "Order",
     "State",
