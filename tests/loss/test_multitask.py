@@ -187,3 +187,12 @@ def test_type_errors():
         MultiTaskLoss({"a": 3})
     with pytest.raises(TypeError, match="built with a dict task -> criterion"):
         MultiTask(MultiTaskLoss(["a"]))
+
+
+def test_docstring_examples():
+    import doctest
+
+    import danlu.loss.multitask as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0, result

@@ -124,3 +124,12 @@ def test_errors(kwargs, err, match):
 def test_no_layer_list():
     with pytest.raises(ValueError, match="could not find the layer list"):
         reinit_top_layers(nn.Linear(3, 2), 1)
+
+
+def test_docstring_example():
+    import doctest
+
+    import danlu.nn.reinit as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0, result
