@@ -145,9 +145,39 @@ def test_same_seed_same_output_and_no_global_random():
     assert aug(SENTENCE) == a and aug(SENTENCE) != a  # the object's rng moves on
 
 
+def _is_subsequence(short: list[str], long: list[str]) -> bool:
+    it = iter(long)
+    return all(w in it for w in short)
+
+
+def _which_op(before: list[str], after: list[str], n: int) -> str:
+    """Which operation made ``after`` from ``before``, checked against what that operation
+    may do with ``n`` changed words (SOURCE maps each word w to the one synonym w + "syn")."""
+    synonyms = {w + "syn" for w in CONTENT}
+    if len(after) == len(before) and synonyms & set(after):  # SR: n words -> their synonym
+        changed = [(a, b) for a, b in zip(before, after) if a != b]
+        assert len(changed) == n and all(b == a + "syn" for a, b in changed), after
+        return "sr"
+    if len(after) > len(before):  # RI: n synonyms of the sentence's words inserted
+        inserted = list((Counter(after) - Counter(before)).elements())
+        assert len(inserted) == n and set(inserted) <= synonyms, after
+        assert _is_subsequence(before, after), after
+        return "ri"
+    if len(after) == len(before):  # RS: the same words, n swaps move at most 2n of them
+        assert Counter(after) == Counter(before), after  # (two swaps may undo each other)
+        assert sum(a != b for a, b in zip(before, after)) <= 2 * n, after
+        return "rs"
+    assert 0 < len(after) < len(before) and _is_subsequence(after, before), after  # RD
+    return "rd"
+
+
 def test_output_shape_and_operation_balance():
-    out = eda(SENTENCE, n_aug=8, source=SOURCE, seed=0)
+    out = eda(SENTENCE, n_aug=8, p_rd=0.25, source=SOURCE, seed=0)
     assert out[0] == SENTENCE and len(out) == 9
+    n = max(1, int(0.1 * N_WORDS))  # the default alpha of SR, RI and RS
+    ops = [_which_op(words(SENTENCE), words(o), n) for o in out[1:]]
+    assert Counter(ops) == {"sr": 2, "ri": 2, "rs": 2, "rd": 2}  # n_aug / 4 each
+    assert ops[:4] == ops[4:]  # the operations take turns in one shuffled order
     assert len(eda(SENTENCE, n_aug=3, source=SOURCE, keep_original=False, seed=0)) == 3
 
 
