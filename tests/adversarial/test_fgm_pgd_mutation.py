@@ -1,0 +1,275 @@
+"""FGM / PGD details the behavioural tests leave open (found by mutation testing, see
+docs/mutation.md): the helpers' exact values, dtypes and edge cases, every error, restore and
+hook bookkeeping, and PGD.run against a textbook PGD written here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import TinyTextClassifier, loss_fn, make_batch
+from torch import nn
+
+from danlu import Tricks
+from danlu.adversarial import FGM, PGD
+from danlu.adversarial.fgm import accumulate_dtype, fgm_delta, grad_rows
+from danlu.adversarial.pgd import project_rows
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        (torch.float16, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float32, torch.float32),
+        (torch.float64, torch.float64),
+    ],
+)
+def test_accumulate_dtype(dtype, expected):
+    assert accumulate_dtype(torch.zeros(1, dtype=dtype)) == expected
+
+
+def test_grad_rows_dense_in_fp32_for_half():
+    g = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [0.0, -12.0]], dtype=torch.float16)
+    rows, values, norm = grad_rows(g)
+    assert rows.tolist() == [1, 3]
+    assert torch.equal(values, g[[1, 3]])
+    assert norm.dtype == torch.float32 and norm.item() == 13.0
+
+
+def test_grad_rows_sparse_coalesces_repeated_rows():
+    g = torch.sparse_coo_tensor(
+        torch.tensor([[2, 0, 2]]),
+        torch.tensor([[1.0, 2.0], [0.0, 3.0], [2.0, 2.0]]),
+        (4, 2),
+        check_invariants=True,
+    )
+    rows, values, norm = grad_rows(g)
+    assert rows.tolist() == [0, 2]
+    assert values.tolist() == [[0.0, 3.0], [3.0, 4.0]]
+    assert norm.item() == pytest.approx(34**0.5)
+
+
+def test_fgm_delta_values_and_skips():
+    g = torch.tensor([[0.0, 0.0], [1.0, 2.0], [2.0, 0.0]])
+    rows, r = fgm_delta(g, eps=0.5)
+    assert rows.tolist() == [1, 2]
+    torch.testing.assert_close(r, 0.5 * g[1:] / 3.0)
+    assert fgm_delta(torch.zeros(3, 2), 1.0) is None
+    assert fgm_delta(torch.tensor([[float("inf"), 0.0]]), 1.0) is None
+    assert fgm_delta(torch.tensor([[float("nan"), 1.0]]), 1.0) is None
+    rows, r = fgm_delta(g.half(), eps=1.0)
+    assert r.dtype == torch.float32
+
+
+def _model_and_grad(seed=0):
+    torch.manual_seed(seed)
+    model = TinyTextClassifier()
+    batch = make_batch(seed=seed)
+    loss_fn(model, batch)[0].backward()
+    return model, batch
+
+
+@pytest.mark.parametrize("cls", [FGM, PGD])
+def test_errors_name_the_fix(cls):
+    model = TinyTextClassifier()
+    with pytest.raises(ValueError, match=r"mode must be 'weight'.*got 'rows'"):
+        cls(model, mode="rows")
+    model.embed.weight.requires_grad_(False)
+    with pytest.raises(ValueError, match=rf"{cls.__name__} perturbs.*frozen.*mode='hook'"):
+        cls(model)
+    cls(model, mode="hook")  # the output hook works on a frozen embedding
+
+
+@pytest.mark.parametrize("cls", [FGM, PGD])
+def test_tied_output_layer_warns(cls):
+    class Tied(TinyTextClassifier):
+        def __init__(self):
+            super().__init__()
+            self.out = nn.Linear(16, 50, bias=False)
+            self.out.weight = self.embed.weight
+
+    with pytest.warns(
+        UserWarning, match=rf"{cls.__name__}: the input embedding's weight is tied to Linear"
+    ):
+        cls(Tied())
+
+
+def test_fgm_attack_restore_bookkeeping():
+    model, batch = _model_and_grad()
+    w0 = model.embed.weight.detach().clone()
+    fgm = FGM(model, eps=0.5)
+    assert repr(fgm) == "FGM(eps=0.5, mode='weight')"
+    assert not fgm.attacked
+    fgm.restore()  # no-op when not attacked
+    assert fgm.attack() and fgm.attacked
+    expected_rows, r = fgm_delta(model.embed.weight.grad, 0.5)
+    torch.testing.assert_close(model.embed.weight[expected_rows], w0[expected_rows] + r)
+    with pytest.raises(RuntimeError, match=r"called twice: call restore\(\) first"):
+        fgm.attack()
+    fgm.restore()
+    assert not fgm.attacked and torch.equal(model.embed.weight, w0)
+    with pytest.raises(KeyError), fgm.perturbed():
+        assert fgm.attacked and not torch.equal(model.embed.weight, w0)
+        raise KeyError
+    assert not fgm.attacked and torch.equal(model.embed.weight, w0)
+
+
+def test_fgm_without_gradient_attacks_nothing():
+    model = TinyTextClassifier()
+    fgm = FGM(model)
+    assert fgm.attack() is False and not fgm.attacked and fgm.own_grad() is None
+    calls = []
+    fgm.after_backward(lambda: calls.append(1), None)
+    assert calls == []
+
+
+def test_fgm_own_grad_is_the_last_backward_alone_until_remove():
+    model, _ = _model_and_grad(seed=0)
+    fgm = FGM(model)
+    first = model.embed.weight.grad.clone()
+    assert torch.equal(fgm.own_grad(), first)  # no backward since: .grad itself
+    batch = make_batch(seed=1)
+    ref = TinyTextClassifier()
+    ref.load_state_dict(model.state_dict())
+    loss_fn(ref, batch)[0].backward()
+    loss_fn(model, batch)[0].backward()  # adds onto .grad
+    torch.testing.assert_close(fgm.own_grad(), ref.embed.weight.grad)
+    torch.testing.assert_close(model.embed.weight.grad, first + ref.embed.weight.grad)
+    fgm.attack()
+    fgm.restore()
+    assert torch.equal(fgm.own_grad(), model.embed.weight.grad)  # restore forgets it
+    fgm.remove()
+    loss_fn(model, batch)[0].backward()
+    assert torch.equal(fgm.own_grad(), model.embed.weight.grad)  # the hook is gone
+
+
+def test_fgm_remove_in_hook_mode_takes_the_forward_hook_off():
+    model = TinyTextClassifier()
+    fgm = FGM(model, mode="hook")
+    assert repr(fgm) == "FGM(eps=1.0, mode='hook')"
+    assert model.embed._forward_hooks
+    loss_fn(model, make_batch())[0].backward()
+    assert fgm.attack() and fgm.attacked
+    fgm.remove()
+    assert not fgm.attacked and not model.embed._forward_hooks
+
+
+def test_project_rows():
+    original = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    inside = original + torch.tensor([[0.3, 0.0], [0.0, 0.4]])  # ||r|| = 0.5
+    assert torch.equal(project_rows(inside, original, 0.5), inside)  # on the ball: kept
+    outside = original + torch.tensor([[3.0, 0.0], [0.0, 4.0]])  # ||r|| = 5 over both rows
+    torch.testing.assert_close(
+        project_rows(outside, original, 1.0), original + torch.tensor([[0.6, 0.0], [0.0, 0.8]])
+    )
+    half = project_rows(outside.half(), original.half(), 1.0)
+    assert half.dtype == torch.float16
+
+
+def _textbook_pgd(model, batch, eps, alpha, steps):
+    """The Kaggle / 知乎 PGD loop over the whole embedding table."""
+    emb = model.embed.weight
+    loss_fn(model, batch)[0].backward()
+    backup = emb.detach().clone()
+    clean = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for t in range(steps):
+        with torch.no_grad():
+            g = emb.grad
+            emb.add_(alpha * g / g.norm())
+            r = emb - backup
+            if r.norm() > eps:
+                emb.copy_(backup + r * eps / r.norm())
+        if t == steps - 1:
+            for n, p in model.named_parameters():
+                p.grad = clean[n].clone()
+        else:
+            model.zero_grad()
+        loss_fn(model, batch)[0].backward()
+    with torch.no_grad():
+        emb.copy_(backup)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_pgd_run_matches_textbook(steps):
+    batch = make_batch(seed=3)
+    torch.manual_seed(0)
+    ref = TinyTextClassifier()
+    model = TinyTextClassifier()
+    model.load_state_dict(ref.state_dict())
+    _textbook_pgd(ref, batch, eps=0.3, alpha=0.2, steps=steps)
+    pgd = PGD(model, eps=0.3, alpha=0.2, steps=steps)
+    assert repr(pgd) == f"PGD(eps=0.3, alpha=0.2, steps={steps}, mode='weight')"
+    loss_fn(model, batch)[0].backward()
+    calls = []
+    pgd.run(lambda: calls.append(loss_fn(model, batch)[0].backward()))
+    assert len(calls) == steps and not pgd.attacked
+    assert all(p.requires_grad for p in model.parameters())
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert torch.equal(p, q), n  # restored exactly
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_pgd_inside_tricks_matches_textbook():
+    batch = make_batch(seed=4)
+    torch.manual_seed(0)
+    ref = TinyTextClassifier()
+    model = TinyTextClassifier()
+    model.load_state_dict(ref.state_dict())
+    _textbook_pgd(ref, batch, eps=0.3, alpha=0.2, steps=3)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    grads = {}
+    opt.step = lambda closure=None: grads.update(
+        {n: p.grad.clone() for n, p in model.named_parameters()}
+    )
+    Tricks([PGD(model, eps=0.3, alpha=0.2, steps=3)]).step(model, opt, batch, loss_fn)
+    for n, q in ref.named_parameters():
+        torch.testing.assert_close(grads[n], q.grad, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_pgd_exception_in_closure_restores_everything():
+    model, batch = _model_and_grad()
+    w0 = model.embed.weight.detach().clone()
+    clean = model.embed.weight.grad.clone()
+    pgd = PGD(model, eps=0.3, alpha=0.2, steps=3)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyError
+        loss_fn(model, batch)[0].backward()
+
+    with pytest.raises(KeyError):
+        pgd.run(closure)
+    assert not pgd.attacked and torch.equal(model.embed.weight, w0)
+    assert torch.equal(model.embed.weight.grad, clean)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_pgd_attack_order_errors_and_no_gradient():
+    model = TinyTextClassifier()
+    pgd = PGD(model)
+    with pytest.raises(RuntimeError, match=r"PGD.attack\(\) before attack\(first=True\)"):
+        pgd.attack()
+    calls = []
+    pgd.run(lambda: calls.append(1))  # no gradient yet: no adversarial pass
+    assert calls == [] and not pgd.attacked
+    loss_fn(model, make_batch())[0].backward()
+    assert pgd.attack(first=True) and pgd.attacked
+    with pytest.raises(RuntimeError, match=r"while attacked: call restore\(\) first"):
+        pgd.attack(first=True)
+    pgd.restore()
+    assert not pgd.attacked
+    pgd.restore()  # no-op
+
+
+@pytest.mark.parametrize("mode", ["weight", "hook"])
+def test_pgd_remove_takes_its_hook_off(mode):
+    model, batch = _model_and_grad()
+    pgd = PGD(model, mode=mode)
+    pgd.remove()
+    assert not model.embed._forward_hooks
+    before = model.embed.weight.grad.clone()
+    loss_fn(model, batch)[0].backward()
+    assert pgd._incoming is None  # no hook records the backward that added onto .grad
+    assert not torch.equal(model.embed.weight.grad, before)
