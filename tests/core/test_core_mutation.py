@@ -1,0 +1,246 @@
+"""Details of danlu.core the behavioural tests leave open (found by mutation testing, see
+docs/mutation.md): exact errors, the base Trick's pass-through hooks, State.grad_scale,
+unwrapping, autocast dtypes, counters and state_dict contents."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from danlu import Order, State, Trick, Tricks
+from danlu.core import optimizer_grads, unwrap_model
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Linear(4, 3)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def _batch(seed=0, n=6):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _loss(model, batch):
+    logits = model(batch[0])
+    return F.cross_entropy(logits.float(), batch[1]), logits
+
+
+def test_order_bands_as_documented():
+    bands = ["DATA", "LOSS_WRAP", "MIX", "LOSS", "ADVERSARIAL", "MONITOR", "CLIP", "SCHEDULE"]
+    values = [getattr(Order, b) for b in [*bands, "AVERAGE"]]
+    assert values == [0, 10, 15, 20, 30, 40, 50, 60, 70]
+    assert Trick.order == Order.LOSS and Trick.replaces_loss is False
+
+
+def test_state_defaults_and_grad_scale():
+    st = State()
+    assert (st.accumulate, st.step, st.micro_step, st.window, st.epoch) == (1, 0, 0, 0, 0)
+    assert not st.is_boundary and not st.stepped and st.extra == {}
+    assert State().extra is not st.extra
+    assert st.grad_scale == 1.0
+    st.scaler = torch.amp.GradScaler("cpu", enabled=False, init_scale=8.0)
+    assert st.grad_scale == 1.0
+    st.scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    assert st.grad_scale == 8.0 and isinstance(st.grad_scale, float)
+
+
+def test_base_trick_is_a_pass_through():
+    t = Trick()
+    batch, st = object(), State()
+    assert t.on_batch(batch, st) is batch
+    sentinel = (torch.tensor(1.0), None)
+    assert t.compute_loss(lambda b: sentinel if b is batch else None, batch, st) is sentinel
+    assert t.after_backward(lambda: None, st) is None
+    assert t.before_step(None, st) is None and t.after_step(None, st) is None
+    assert t.on_epoch_end(st) is None
+    assert t.state_dict() == {} and repr(t) == "Trick()"
+    t.load_state_dict({})
+    with pytest.raises(ValueError, match=r"Trick keeps no state.*keys \['a', 'b'\]; was it"):
+        t.load_state_dict({"b": 1, "a": 2})
+
+
+def test_unwrap_model_through_wrappers():
+    model = nn.Linear(2, 2)
+    assert unwrap_model(model) is model
+    assert unwrap_model(nn.DataParallel(model)) is model
+
+    class Compiled(nn.Module):  # torch.compile's OptimizedModule keeps the module here
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+    assert unwrap_model(Compiled(nn.DataParallel(model))) is model
+
+
+def test_optimizer_grads_only_existing_ones():
+    model, opt = _setup()
+    assert optimizer_grads(opt) == []
+    model.weight.grad = torch.ones_like(model.weight)
+    assert len(optimizer_grads(opt)) == 1 and optimizer_grads(opt)[0] is model.weight.grad
+
+
+@pytest.mark.parametrize(
+    ("out", "match"),
+    [
+        ((torch.tensor(1.0), None, None), "a tuple of length 3"),
+        ([torch.tensor(1.0)], "a list of length 1"),
+        (torch.ones(2), r"scalar loss tensor, got \(2,\); reduce it"),
+        ((1.0, None), "scalar loss tensor, got float"),
+    ],
+)
+def test_loss_fn_results_refused(out, match):
+    model, opt = _setup()
+    with pytest.raises(ValueError, match=match):
+        Tricks().step(model, opt, _batch(), lambda m, b: out)
+
+
+def test_loss_of_shape_one_and_list_results_accepted():
+    model, opt = _setup()
+
+    def loss_fn(m, b):
+        loss, logits = _loss(m, b)
+        return [loss.reshape(1), logits]
+
+    st = Tricks().step(model, opt, _batch(), loss_fn)
+    assert st.loss.shape == () and st.logits.shape == (6, 3) and not st.logits.requires_grad
+
+
+def test_model_without_parameters_refused():
+    with pytest.raises(ValueError, match="no parameters: there is nothing to train"):
+        Tricks().step(nn.Identity(), torch.optim.SGD([torch.zeros(1)], lr=1.0), _batch(), _loss)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True, "1"])
+def test_max_grad_norm_refused(bad):
+    with pytest.raises(
+        ValueError, match=rf"max_grad_norm must be a finite number > 0.*got {bad!r}"
+    ):
+        Tricks(max_grad_norm=bad)
+
+
+def test_construction_details_and_repr():
+    a, b = Trick(), Trick()
+    a.order, b.order = Order.CLIP, Order.DATA
+    tricks = Tricks([a, b], accumulate=3, amp="bf16", max_grad_norm=2)
+    assert list(tricks) == [b, a] and tricks.max_grad_norm == 2.0
+    assert isinstance(tricks.max_grad_norm, float) and tricks.state.accumulate == 3
+    assert repr(tricks) == "Tricks([Trick(), Trick()], accumulate=3, amp='bf16', max_grad_norm=2.0)"
+    assert repr(Tricks()) == "Tricks([], accumulate=1, amp=None, max_grad_norm=None)"
+    with pytest.raises(TypeError, match="Tricks takes danlu.Trick objects, got Linear; wrap"):
+        Tricks([nn.Linear(1, 1)])
+    with pytest.raises(ValueError, match=r"amp must be None, 'fp16' or 'bf16', got 'fp32'"):
+        Tricks(amp="fp32")
+    with pytest.raises(ValueError, match=r"accumulate must be an integer >= 1 .*got 2.0"):
+        Tricks(accumulate=2.0)
+
+
+@pytest.mark.parametrize(
+    ("amp", "dtype"), [(None, None), ("fp16", torch.float16), ("bf16", torch.bfloat16)]
+)
+def test_autocast_dtype_and_scaler(amp, dtype):
+    model, opt = _setup()
+    seen = []
+
+    def loss_fn(m, b):
+        on = torch.is_autocast_enabled("cpu")
+        seen.append(torch.get_autocast_dtype("cpu") if on else None)
+        return _loss(m, b)
+
+    tricks = Tricks(amp=amp)
+    st = tricks.step(model, opt, _batch(), loss_fn)
+    assert seen == [dtype]
+    assert (st.scaler is not None) == (amp == "fp16")
+
+
+def test_own_grad_scaler_is_used():
+    model, opt = _setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    tricks = Tricks(amp="fp16", grad_scaler=scaler)
+    assert tricks.step(model, opt, _batch(), _loss).scaler is scaler
+    assert tricks.state_dict()["scaler"]["scale"] == 4.0
+
+
+def test_counters_flags_and_state_dict_contents():
+    model, opt = _setup()
+    tricks = Tricks(accumulate=2)
+    st = tricks.step(model, opt, _batch(0), _loss)
+    assert (st.stepped, st.is_boundary, st.step, st.micro_step, st.window) == (
+        False, False, 0, 1, 1,
+    )  # fmt: skip
+    assert st.model is model and st.optimizer is opt and st.scaler is None
+    st = tricks.step(model, opt, _batch(1), _loss)
+    assert (st.stepped, st.is_boundary, st.step, st.micro_step, st.window) == (
+        True, True, 1, 2, 0,
+    )  # fmt: skip
+    assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none=True)
+    tricks.step(model, opt, _batch(2), _loss)
+    tricks.epoch_end()
+    assert tricks.state_dict() == {
+        "step": 1, "micro_step": 3, "window": 1, "epoch": 1, "scaler": None, "tricks": [],
+    }  # fmt: skip
+
+
+def test_load_state_dict_window_default_and_pending_scaler():
+    model, opt = _setup()
+    fresh = Tricks(accumulate=4, amp="fp16")
+    saved = {"step": 5, "micro_step": 22, "epoch": 2, "scaler": None, "tricks": []}
+    fresh.load_state_dict(saved)  # an old state_dict without "window"
+    assert (fresh.state.step, fresh.state.micro_step, fresh.state.epoch) == (5, 22, 2)
+    assert fresh.state.window == 22 % 4
+    scaler_state = torch.amp.GradScaler("cpu", init_scale=16.0).state_dict()
+    fresh.load_state_dict({**saved, "window": 0, "scaler": scaler_state})
+    assert fresh.state.window == 0
+    st = fresh.step(model, opt, _batch(), _loss)  # the scaler is made here, then loaded
+    assert st.scaler.get_scale() == 16.0
+    with pytest.raises(
+        ValueError, match=r"saved with tricks \['Trick'\], but these Tricks hold \[\]"
+    ):
+        fresh.load_state_dict({**saved, "tricks": [("Trick", {})]})
+
+
+def test_epoch_end_hook_sees_the_new_epoch():
+    seen = []
+
+    class Epochs(Trick):
+        def on_epoch_end(self, state):
+            seen.append(state.epoch)
+
+    tricks = Tricks([Epochs()])
+    tricks.epoch_end()
+    tricks.epoch_end()
+    assert seen == [1, 2]
+
+
+def test_max_grad_norm_clips_and_records_the_pre_clip_norm():
+    model, opt = _setup()
+    ref, _ = _setup()
+    batch = _batch()
+    _loss(ref, batch)[0].backward()
+    norm = torch.nn.utils.get_total_norm([p.grad for p in ref.parameters()])
+    grads = {}
+    opt.step = lambda closure=None: grads.update(
+        {n: p.grad.clone() for n, p in model.named_parameters()}
+    )
+    st = Tricks(max_grad_norm=0.01).step(model, opt, batch, _loss)
+    torch.testing.assert_close(st.grad_norm, norm)
+    for n, p in ref.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad * (0.01 / (norm + 1e-6)), msg=n)
+
+
+@pytest.mark.parametrize("bad", [0, -2.0])
+def test_num_items_must_be_positive(bad):
+    model, opt = _setup()
+    with pytest.raises(ValueError, match=rf"num_items must be > 0, got {bad!r}"):
+        Tricks().step(model, opt, _batch(), _loss, num_items=bad)
+
+
+def test_num_items_on_every_micro_batch_or_none():
+    model, opt = _setup()
+    tricks = Tricks(accumulate=2)
+    tricks.step(model, opt, _batch(), _loss, num_items=6)
+    with pytest.raises(ValueError, match="num_items was given for earlier micro-batches"):
+        tricks.step(model, opt, _batch(), _loss)
