@@ -52,13 +52,13 @@ def reinit_top_layers(
 
     Every module of the chosen blocks gets ``init_fn(module)``; by default the model's own
     ``_init_weights`` (Hugging Face: normal(0, ``initializer_range``) weights, zero biases,
-    LayerNorm 1/0), else each module's ``reset_parameters()``
-    (torch's default init). Transformers 5 marks the
-    weights loaded by ``from_pretrained`` as initialised (``_is_hf_initialized``) and its
-    init functions then skip them, so ``model.apply(model._init_weights)`` silently does
-    nothing on a pretrained model; the mark is lifted here for the chosen parameters and
-    put back afterwards. Weights tied to a parameter outside the chosen blocks (an MLM
-    decoder tied to the input embedding) are left as they were.
+    LayerNorm 1/0), else each module's ``reset_parameters()`` (torch's default init).
+    Transformers 5 marks the weights loaded by ``from_pretrained`` as initialised
+    (``_is_hf_initialized``) and its init functions then skip them, so
+    ``model.apply(model._init_weights)`` silently does nothing on a pretrained model; the
+    mark is lifted here for the chosen parameters and put back afterwards. Weights tied to
+    a parameter outside the chosen blocks (an MLM decoder tied to the input embedding) are
+    left as they were.
 
     Args:
         model: the model (DDP-wrapped is fine).
