@@ -134,7 +134,7 @@ def output_hook(
     Example:
         >>> emb = nn.Embedding(5, 2)
         >>> with output_hook(emb, lambda out, args: out * 0):
-        ...     float(emb(torch.tensor([1])).abs().sum())
+        ...     float(emb(torch.tensor([1])).detach().abs().sum())
         0.0
         >>> len(emb._forward_hooks)
         0

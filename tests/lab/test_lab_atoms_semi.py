@@ -17,7 +17,11 @@ SEMI = ("uda", "uda_late", "fixmatch", "pseudo", "vat", "noise", "neftune", "fgm
 
 
 def test_atoms_registered_one_per_family():
+    import pickle
+
     assert all(name in ATOMS for name in SEMI)
+    for name in SEMI:  # atoms travel to worker processes
+        assert pickle.loads(pickle.dumps(ATOMS[name])).name == name
     with pytest.raises(ValueError, match="two semi tricks"):
         parse_combo("uda+fixmatch")
     assert [a.name for a in parse_combo("fgm+neftune")] == ["fgm", "neftune"]
