@@ -208,3 +208,33 @@ def _assert_same_state(a, b, path="tricks"):
     else:
         assert a == b, path
 
+
+class _GradRecorder(torch.optim.SGD):
+    """SGD whose ``step()`` only records the (unscaled) gradients it was given."""
+
+    def step(self, closure=None):
+        self.grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+
+
+@pytest.mark.parametrize("name", sorted(n for n, r in REFERENCE.items() if r is None))
+@pytest.mark.parametrize("amp", [None, "fp16", "bf16"])
+def test_per_micro_batch_draws_equal_the_same_draws_one_micro_batch_at_a_time(name, amp):
+    """The tricks without a reference above draw per micro-batch (lambda and partner, an
+    unlabelled batch): one trick object fed the window's micro-batches one at a time
+    (accumulate=1, steps recorded but not taken) makes the same draws in the same order, so
+    the accumulated window must equal plain SGD on the mean of those gradients."""
+    model = _accumulated(name, amp, 1)[0]
+    ref, opt, _ = _plain(name)
+    rec = _GradRecorder(ref.parameters(), lr=opt.param_groups[0]["lr"])
+    rec.grads = []
+    tricks = Tricks([FACTORIES[name](ref, rec)], amp=amp)
+    for mb in split_batch(make_batch(seed=0), K):
+        torch.manual_seed(1000)  # as _accumulated seeds window 0
+        tricks.step(ref, rec, mb, loss_fn)
+    assert len(rec.grads) == K
+    with torch.no_grad():
+        for p, *grads in zip(ref.parameters(), *rec.grads):
+            p.sub_(rec.param_groups[0]["lr"] * sum(grads) / K)
+    expected = ref.state_dict()
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, expected[k], atol=1e-6, rtol=0, msg=k)
