@@ -52,7 +52,8 @@ def _run(model, opt, tricks, steps, start=0):
 #   noise tricks attack / perturb each micro-batch with its own gradient), checked on the second
 #   window so that tricks starting at step 1 are active;
 # None: not defined, because the trick draws per micro-batch what the big batch draws once
-#   (a mixing partner and lambda, an unlabelled batch): those keep the smoke check below.
+#   (a mixing partner and lambda, an unlabelled batch): those keep the smoke check below, and
+#   test_per_micro_batch_draws_... compares them with the same draws made one micro-batch at a time.
 REFERENCE = {
     "adversarial.AWP": "micro",
     "adversarial.FGM": "micro",
