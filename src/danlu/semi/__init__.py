@@ -9,6 +9,7 @@ from danlu.semi.pseudo import (
     PseudoLabel,
     PseudoLabels,
     PseudoRound,
+    pseudo_dataset,
     pseudo_label_round,
     select_pseudo_labels,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "FixMatch",
     "fixmatch_loss",
     "select_pseudo_labels",
+    "pseudo_dataset",
     "PseudoLabels",
     "PseudoLabel",
     "pseudo_label_round",

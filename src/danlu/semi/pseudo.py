@@ -7,6 +7,8 @@ sure about and train again on them.
   end it re-labels a fixed list of unlabelled batches with the current model, and each
   micro-batch adds ``alpha · CE`` on the next batch's selected rows (online pseudo-labels,
   Lee 2013, started late as the course material advises).
+- :func:`pseudo_dataset` — the selected texts with their hard pseudo-labels as a
+  :class:`~danlu.datasets.TextDataset` (after the labelled examples, if given).
 - :func:`pseudo_label_round` — train → label → retrain, for as many rounds as asked, with
   your own ``fit_predict``; ``danlu.kfold.run_kfold``'s ensembled test probabilities fit it
   directly (see the example).
@@ -23,12 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from danlu.core import Order, State, Trick
+from danlu.datasets import TextDataset
 from danlu.loss._swap import as_float
+from danlu.loss.rdrop import _check_alpha
 from danlu.semi.unlabelled import check_probability, default_logits
 
 __all__ = [
     "PseudoLabels",
     "select_pseudo_labels",
+    "pseudo_dataset",
     "PseudoLabel",
     "pseudo_label_round",
     "PseudoRound",
@@ -119,6 +124,52 @@ def select_pseudo_labels(
     return PseudoLabels(index, labels, conf[index])
 
 
+def pseudo_dataset(
+    texts: Sequence[str],
+    selected: PseudoLabels,
+    label_names: Sequence[str],
+    labelled: TextDataset | None = None,
+) -> TextDataset:
+    """The selected unlabelled texts with their hard pseudo-labels, as a ``TextDataset``
+    (the labelled examples first when ``labelled`` is given): the training set of the next
+    round. Neither input is modified.
+
+    Args:
+        texts: the unlabelled texts ``selected`` indexes into.
+        selected: a hard selection from :func:`select_pseudo_labels` (``soft=False``).
+        label_names: the class names (``labelled.label_names`` must equal them).
+        labelled: the labelled training set to put first, or ``None``.
+
+    Example:
+        >>> p = np.array([[0.95, 0.05], [0.6, 0.4], [0.02, 0.98]])
+        >>> ds = pseudo_dataset(["good", "meh", "bad"], select_pseudo_labels(p), ("pos", "neg"))
+        >>> ds.texts, ds.labels
+        (['good', 'bad'], [0, 1])
+    """
+    if selected.labels.ndim != 1:
+        raise ValueError(
+            "pseudo_dataset needs hard labels (select_pseudo_labels(..., soft=False)); a "
+            "TextDataset holds one class index per text. For soft labels train on "
+            "selected.labels beside [texts[i] for i in selected.index]"
+        )
+    if len(selected.index) and int(selected.index.max()) >= len(texts):
+        raise ValueError(
+            f"selected indexes text {int(selected.index.max())} but only {len(texts)} texts "
+            "were given: pass the texts the probabilities were computed on"
+        )
+    names = tuple(label_names)
+    if labelled is not None and tuple(labelled.label_names) != names:
+        raise ValueError(
+            f"labelled.label_names {labelled.label_names!r} differ from label_names {names!r}"
+        )
+    head_texts, head_labels = ([], []) if labelled is None else (labelled.texts, labelled.labels)
+    return TextDataset(
+        [*head_texts, *(texts[i] for i in selected.index.tolist())],
+        [*head_labels, *(int(c) for c in selected.labels.tolist())],
+        names,
+    )
+
+
 class PseudoLabel(Trick):
     """Online pseudo-labelling on a fixed list of unlabelled batches.
 
@@ -156,8 +207,6 @@ class PseudoLabel(Trick):
         *,
         logits_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     ) -> None:
-        from danlu.loss.rdrop import _check_alpha
-
         self.batches = list(unlabelled)
         if not self.batches:
             raise ValueError("the unlabelled batches are empty: pass at least one batch")
