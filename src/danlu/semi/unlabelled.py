@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from danlu.core import Order, State, Trick, unwrap_model
+from danlu.loss.rdrop import _check_alpha
 
 __all__ = [
     "UnlabelledStream",
@@ -226,8 +227,6 @@ class ConsistencyTrick(Trick):
         alpha: float,
         logits_fn: Callable[[nn.Module, Any], torch.Tensor] | None,
     ) -> None:
-        from danlu.loss.rdrop import _check_alpha
-
         self.alpha = _check_alpha(alpha)
         self.stream = None if unlabelled is None else UnlabelledStream(unlabelled)
         self.logits_fn = logits_fn or default_logits
