@@ -12,7 +12,7 @@ FUNCTIONS = [
     ("danlu.semi.unlabelled", ["UnlabelledStream", "text_views"]),
     ("danlu.semi.uda", ["uda_loss", "tsa_threshold", "tsa_cross_entropy"]),
     ("danlu.semi.fixmatch", ["fixmatch_loss"]),
-    ("danlu.semi.pseudo", ["select_pseudo_labels", "pseudo_label_round"]),
+    ("danlu.semi.pseudo", ["select_pseudo_labels", "pseudo_dataset", "pseudo_label_round"]),
     ("danlu.adversarial.vat", ["normalize_per_example", "vat_direction"]),
     ("danlu.adversarial.noise", ["gaussian_noise", "neftune_noise"]),
     ("danlu.delayed", ["Delayed"]),
