@@ -72,7 +72,7 @@ def test_fixmatch_loss_against_formula():
         keep = float(p[i].max()) >= 0.8
         ref_mask.append(keep)
         if keep:
-            ref += -float(strong[i].log_softmax(-1)[int(p[i].argmax())])
+            ref += -float(strong[i].detach().log_softmax(-1)[int(p[i].argmax())])
     assert mask.tolist() == ref_mask and 0 < sum(ref_mask) < 8
     assert abs(float(loss) - ref / 8) < 1e-6
     loss.backward()
