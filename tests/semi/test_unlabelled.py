@@ -63,18 +63,3 @@ def test_text_views_pairs_clean_and_eda():
     with pytest.raises(TypeError, match="augment"):
         text_views(list, augmenter=len)
 
-
-def test_token_cutoff_view():
-    from danlu.semi import token_cutoff
-
-    g = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.arange(1, 401).view(4, 100),
-             "attention_mask": torch.ones(4, 100, dtype=torch.long)}  # fmt: skip
-    out = token_cutoff(0.2, generator=g)(batch)
-    ref = torch.rand(4, 100, generator=torch.Generator().manual_seed(0)) >= 0.2
-    ref[:, 0] = True
-    assert torch.equal(out["attention_mask"], ref.long())
-    assert torch.equal(batch["attention_mask"], torch.ones(4, 100, dtype=torch.long))
-    assert out["input_ids"] is batch["input_ids"]
-    with pytest.raises(ValueError, match=r"rate must be in \(0, 1\)"):
-        token_cutoff(1.0)

@@ -20,14 +20,12 @@ from danlu.semi.unlabelled import (
     UnlabelledStream,
     default_logits,
     text_views,
-    token_cutoff,
 )
 
 __all__ = [
     "Unlabelled",
     "UnlabelledStream",
     "text_views",
-    "token_cutoff",
     "default_logits",
     "ConsistencyTrick",
     "UDA",

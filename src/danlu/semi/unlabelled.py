@@ -8,7 +8,6 @@ batch per micro-batch.
   ``state.extra["unlabelled"]``) for a ``loss_fn`` that uses it itself.
 - :func:`text_views` — a collate function that makes the (clean, augmented) pair of views
   of raw texts with a danlu augmenter (EDA swap/delete by default), for UDA / FixMatch.
-- :func:`token_cutoff` — an ``augment=`` for models without text access.
 - :class:`ConsistencyTrick` — the shared shape of UDA, FixMatch and VAT on unlabelled
   batches: ``loss = supervised + alpha · term(unlabelled batch)``.
 
@@ -39,7 +38,6 @@ __all__ = [
     "UnlabelledStream",
     "Unlabelled",
     "text_views",
-    "token_cutoff",
     "default_logits",
     "ConsistencyTrick",
     "check_probability",
@@ -198,32 +196,6 @@ def text_views(
         return encode(texts), encode(views)
 
     return collate
-
-
-def token_cutoff(
-    rate: float = 0.1, key: str = "attention_mask", generator: torch.Generator | None = None
-) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
-    """An ``augment=`` for models without text access: a batch → batch function that masks
-    a random ``rate`` of the tokens out of ``batch[key]`` (token cutoff, Shen et al. 2020,
-    through the attention mask; position 0, the [CLS] token, is always kept). The input
-    batch is not modified.
-
-    Example:
-        >>> view = token_cutoff(0.5, generator=torch.Generator().manual_seed(0))
-        >>> out = view({"input_ids": torch.ones(1, 6), "attention_mask": torch.ones(1, 6)})
-        >>> out["attention_mask"][0, 0].item(), bool(out["attention_mask"].sum() < 6)
-        (1.0, True)
-    """
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < 1:
-        raise ValueError(f"rate must be in (0, 1), got {rate!r}; 0.1 is usual")
-
-    def view(batch: Mapping[str, Any]) -> dict[str, Any]:
-        mask = batch[key]
-        drop = torch.rand(mask.shape, generator=generator) < rate
-        drop[..., 0] = False
-        return {**batch, key: mask * (~drop).to(device=mask.device, dtype=mask.dtype)}
-
-    return view
 
 
 def default_logits(model: nn.Module, batch: Any) -> torch.Tensor:
