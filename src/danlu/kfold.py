@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from danlu._checks import check_int
 from danlu._optional import require
 
 __all__ = [
@@ -66,6 +67,7 @@ def stratified_folds(
             f"n_splits must be an integer in [2, {len(y)}] (the number of examples), "
             f"got {n_splits!r}"
         )
+    check_int("seed", seed, 0, 2**32 - 1, fix="any fixed integer; keep it across reruns")
     ms = require("sklearn.model_selection", "lab", "stratified K-fold splits")
     if groups is None:
         splitter = ms.StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from danlu._checks import check_int
 from danlu._optional import require
 
 __all__ = ["LabelIssues", "self_confidence", "find_label_issues", "issues_table", "clean_dataset"]
@@ -52,8 +53,7 @@ class LabelIssues:
 
     def top(self, k: int) -> LabelIssues:
         """The ``k`` most suspect issues (all of them when fewer)."""
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
+        check_int("k", k, 0, fix="the number of suspects to keep")
         return LabelIssues(
             self.indices[:k], self.given[:k], self.predicted[:k], self.confidence[:k], self.backend
         )
@@ -183,6 +183,11 @@ def issues_table(
         return str(class_names[c]) if class_names is not None else str(c)
 
     top = issues.top(k)
+    if len(top.indices) and int(top.indices.max()) >= len(texts):
+        raise ValueError(
+            f"texts has {len(texts)} entries but an issue points at index "
+            f"{int(top.indices.max())}; pass the texts of the whole set the labels came from"
+        )
     rows = [
         (str(r + 1), str(i), name(g), name(pr), f"{c:.3f}", _cell(texts[i], width))
         for r, (i, g, pr, c) in enumerate(
@@ -190,7 +195,7 @@ def issues_table(
         )
     ]
     header = ("rank", "index", "given", "predicted", "p(given)", "text")
-    widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(header[:-1])]
+    widths = [max([len(h), *(len(r[j]) for r in rows)]) for j, h in enumerate(header[:-1])]
     right = (True, True, False, False, True)  # numbers right-aligned, labels left-aligned
 
     def line(cells: Sequence[str]) -> str:

@@ -12,6 +12,8 @@ import random
 from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from danlu._checks import check_texts
+
 __all__ = ["Augmenter", "AugmentedSet", "augment", "example_rng"]
 
 
@@ -97,8 +99,7 @@ def augment(
         >>> aug.texts[0], aug.labels[0], aug.source[:3]
         ('a fine film', 1, [0, 0, 0])
     """
-    if isinstance(texts, str):
-        raise TypeError("texts must be a sequence of str, got one str: wrap it in a list")
+    check_texts("texts", texts)
     texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):

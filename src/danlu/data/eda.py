@@ -20,6 +20,7 @@ import random
 from collections.abc import Callable, Collection
 from typing import NamedTuple
 
+from danlu._checks import check_int
 from danlu.data._text import Lang, detect_lang, is_word, tokenize
 from danlu.data.synonyms import default_source
 
@@ -149,6 +150,7 @@ def synonym_replacement(
         ...                     {"quick": ["fast"]}.get, random.Random(0))
         ['a', ' ', 'fast', ' ', 'fox']
     """
+    _check_count(n)
     out = list(tokens)
     candidates = _replaceable(tokens, _positions(tokens), _safe(source), stop_words, lang)
     _replace(out, candidates, n, rng)
@@ -180,6 +182,7 @@ def random_insertion(
         >>> random_insertion(["a", " ", "fox"], 1, {"fox": ["tod"]}.get, random.Random(0))
         ['a', ' ', 'tod', ' ', 'fox']
     """
+    _check_count(n)
     positions = _positions(tokens)
     candidates = _replaceable(tokens, positions, _safe(source), stop_words, lang)
     return _insert(tokens, positions, candidates, n, rng, " " if lang == "en" else "")
@@ -218,6 +221,7 @@ def random_swap(
         >>> random_swap(["a", " ", "b", "."], 1, random.Random(0))
         ['b', ' ', 'a', '.']
     """
+    _check_count(n)
     out = list(tokens)
     positions = _positions(tokens) if positions is None else positions
     if len(positions) < 2:
@@ -238,6 +242,7 @@ def random_deletion(
         >>> random_deletion(["a", " ", "b", "."], 0.5, random.Random(1))
         ['b', '.']
     """
+    _check_fraction("p", p)
     positions = _positions(tokens) if positions is None else positions
     if not positions:
         return list(tokens)
@@ -265,6 +270,10 @@ def _safe(source: Callable[[str], list[str]]) -> Callable[[str], list[str]]:
     if not callable(source):
         raise TypeError(f"source must be callable as source(word) -> list[str], got {source!r}")
     return lambda key: [s for s in source(key) or () if s != key]
+
+
+def _check_count(n: int) -> None:
+    check_int("n", n, 0, fix="the number of words to change (EDA uses max(1, int(alpha * words)))")
 
 
 def _check_fraction(name: str, value: float) -> float:

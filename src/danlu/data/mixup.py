@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from danlu._checks import check_number
+from danlu._checks import check_int, check_number
 from danlu._embeddings import find_embedding_module
 from danlu.core import Order, State, Trick, unwrap_model
 
@@ -110,6 +110,7 @@ def sample_lambda(alpha: float, generator: Generator = None, max_lambda: bool = 
 
 def sample_permutation(n: int, generator: Generator = None) -> torch.Tensor:
     """A random permutation of ``range(n)`` (int64, CPU) from ``generator``."""
+    check_int("n", n, 1, fix="the batch size to permute")
     g = _fresh(generator)
     if isinstance(g, np.random.Generator):
         return torch.from_numpy(g.permutation(n).astype(np.int64))
@@ -179,6 +180,8 @@ def mixup_batch(
             f"x and y need the same batch size in dim 0, got x {tuple(x.shape)} and y "
             f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}"
         )
+    if len(x) == 0:
+        raise ValueError("x is an empty batch (0 rows); mixup needs at least one example")
     alpha = _check_alpha(alpha)
     g = None if (lam is not None and index is not None) else _fresh(generator)
     lam = _check_lam(lam) if lam is not None else sample_lambda(alpha, g, max_lambda)
@@ -190,6 +193,18 @@ def mixup_batch(
 def mix_targets(y_a: torch.Tensor, y_b: torch.Tensor, lam: Lam, num_classes: int) -> torch.Tensor:
     """Soft targets ``lam * onehot(y_a) + (1 - lam) * onehot(y_b)`` of shape (N, C);
     ``lam`` is a float or a per-example (N,) tensor."""
+    check_int("num_classes", num_classes, 1, fix="the number of logit columns")
+    for name, y in (("y_a", y_a), ("y_b", y_b)):
+        if y.shape != y_a.shape or y.dim() != 1 or y.is_floating_point():
+            raise ValueError(
+                f"{name} must be a 1-D tensor of class indices shaped like y_a "
+                f"{tuple(y_a.shape)}, got {y.dtype} {tuple(y.shape)}"
+            )
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < num_classes:
+            raise ValueError(
+                f"{name} must hold class indices in [0, {num_classes - 1}] (num_classes="
+                f"{num_classes}), got values in [{int(y.min())}, {int(y.max())}]"
+            )
     a = F.one_hot(y_a, num_classes).double()
     b = F.one_hot(y_b, num_classes).double()
     lam = lam.double().unsqueeze(-1) if isinstance(lam, torch.Tensor) else lam
@@ -236,6 +251,12 @@ def mixup_cross_entropy(
         >>> loss = mixup_cross_entropy(logits, y, y.flip(0), 0.3)
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> fp32
+    for name, y in (("y_a", y_a), ("y_b", y_b)):
+        if isinstance(y, torch.Tensor) and (y.dim() == 0 or len(y) != len(logits)):
+            raise ValueError(
+                f"{name} must give one label per row of logits ({len(logits)} rows), got shape "
+                f"{tuple(y.shape)}; pass the y_a / y_b that mixup_batch returned for this batch"
+            )
     if isinstance(lam, torch.Tensor):
         if lam.shape != (len(logits),) or not bool(((lam >= 0) & (lam <= 1)).all()):
             raise ValueError(

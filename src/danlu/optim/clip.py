@@ -27,6 +27,11 @@ def grad_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor
     # the gradients' own dtype, so bf16 gradients gave a bf16 total (measured: 137. where the
     # fp32 total is 136.96); here each norm is taken in its dtype and the total in fp32.
     norm_type = _check_norm_type(norm_type)
+    if isinstance(grads, torch.Tensor) or not all(isinstance(g, torch.Tensor) for g in grads):
+        raise TypeError(
+            f"grads must be a list of tensors, got {type(grads).__name__}; e.g. "
+            "[p.grad for p in model.parameters() if p.grad is not None]"
+        )
     if not grads:
         return torch.tensor(0.0)
     by_device: dict[tuple, list[torch.Tensor]] = {}
@@ -59,6 +64,7 @@ class ClipGradNorm(Trick):
         norm_type: the p of the p-norm, >= 1 (default 2; ``float('inf')`` for max-norm).
 
     Example:
+        >>> from danlu import Tricks
         >>> tricks = Tricks([ClipGradNorm(1.0)])      # or Tricks(..., max_grad_norm=1.0)
     """
 
@@ -84,6 +90,7 @@ class ClipGradValue(Trick):
     (``torch.nn.utils.clip_grad_value_``).
 
     Example:
+        >>> from danlu import Tricks
         >>> tricks = Tricks([ClipGradValue(0.5)])
     """
 
@@ -106,6 +113,7 @@ class GradNormMonitor(Trick):
     and ``history`` (a list of floats, one per optimizer step, bounded by ``keep``).
 
     Example:
+        >>> from danlu import Tricks
         >>> monitor = GradNormMonitor()
         >>> tricks = Tricks([monitor, ClipGradNorm(1.0)])   # the monitor runs first
     """

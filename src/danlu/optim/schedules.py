@@ -28,7 +28,9 @@ __all__ = [
 Kind = Literal["linear", "cosine", "constant"]
 
 
-def _check(warmup_steps: int, total_steps: int | None, kind: str) -> None:
+def _check(warmup_steps: int, total_steps: int | None, kind: str, min_factor: float) -> None:
+    if kind not in ("linear", "cosine", "constant"):
+        raise ValueError(f"kind must be 'linear', 'cosine' or 'constant', got {kind!r}")
     check_int("warmup_steps", warmup_steps, 0, fix="count optimizer steps, e.g. 6% of total_steps")
     if kind != "constant":
         check_int("total_steps", total_steps, 1, fix=f"a {kind} schedule needs the number of steps")
@@ -36,10 +38,15 @@ def _check(warmup_steps: int, total_steps: int | None, kind: str) -> None:
             raise ValueError(
                 f"warmup_steps ({warmup_steps}) must not exceed total_steps ({total_steps})"
             )
+    check_number("min_factor", min_factor, 0.0, 1.0, fix="the final lr as a fraction of the peak")
 
 
 def warmup_factor(
-    step: int, kind: Kind, warmup_steps: int, total_steps: int | None = None, min_factor: float = 0.0
+    step: int,
+    kind: Kind,
+    warmup_steps: int,
+    total_steps: int | None = None,
+    min_factor: float = 0.0,
 ) -> float:
     """The lr multiplier at ``step`` (0-based count of optimizer steps done).
 
@@ -51,6 +58,8 @@ def warmup_factor(
         >>> warmup_factor(5, "linear", warmup_steps=10, total_steps=110)
         0.5
     """
+    check_int("step", step, 0, fix="the number of optimizer steps done (0 at the start)")
+    _check(warmup_steps, total_steps, kind, min_factor)
     if step < warmup_steps:
         return step / max(1, warmup_steps)
     if kind == "constant":
@@ -58,10 +67,8 @@ def warmup_factor(
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if kind == "linear":
         shape = 1.0 - progress
-    elif kind == "cosine":
+    else:  # cosine (kind checked by _check)
         shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:
-        raise ValueError(f"kind must be 'linear', 'cosine' or 'constant', got {kind!r}")
     return min_factor + (1.0 - min_factor) * shape
 
 
@@ -78,10 +85,7 @@ def warmup_schedule(
         >>> opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=2e-5)
         >>> sched = warmup_schedule(opt, "cosine", warmup_steps=100, total_steps=1000)
     """
-    if kind not in ("linear", "cosine", "constant"):
-        raise ValueError(f"kind must be 'linear', 'cosine' or 'constant', got {kind!r}")
-    _check(warmup_steps, total_steps, kind)
-    check_number("min_factor", min_factor, 0.0, 1.0, fix="the final lr as a fraction of the peak")
+    _check(warmup_steps, total_steps, kind, min_factor)
     return LambdaLR(
         optimizer, lambda s: warmup_factor(s, kind, warmup_steps, total_steps, min_factor)
     )
@@ -107,6 +111,8 @@ class Schedule(Trick):
     step skipped by the GradScaler does not advance it).
 
     Example:
+        >>> from danlu import Tricks
+        >>> opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=2e-5)
         >>> sched = linear_warmup(opt, warmup_steps=100, total_steps=1000)
         >>> tricks = Tricks([Schedule(sched)])
     """
