@@ -4,6 +4,9 @@ hook bookkeeping, and PGD.run against a textbook PGD written here."""
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import pytest
 import torch
 from helpers import TinyTextClassifier, loss_fn, make_batch
@@ -273,3 +276,128 @@ def test_pgd_remove_takes_its_hook_off(mode):
     loss_fn(model, batch)[0].backward()
     assert pgd._incoming is None  # no hook records the backward that added onto .grad
     assert not torch.equal(model.embed.weight.grad, before)
+
+
+def _exact(message: str) -> str:
+    return f"^{re.escape(message)}$"
+
+
+def test_messages_in_full():
+    model = TinyTextClassifier()
+    with pytest.raises(ValueError, match=_exact("eps must be a finite number > 0, got 0")):
+        FGM(model, eps=0)
+    fgm = FGM(model)
+    loss_fn(model, make_batch())[0].backward()
+    fgm.attack()
+    with pytest.raises(
+        RuntimeError, match=_exact("FGM.attack() called twice: call restore() first")
+    ):
+        fgm.attack()
+    model.embed.weight.requires_grad_(False)
+    frozen = (
+        "FGM perturbs the input embedding's weight (50, 16), which is frozen "
+        "(requires_grad=False: frozen embeddings, LoRA/PEFT adapters), so it gets no gradient "
+        "and the attack would do nothing. Unfreeze it (weight.requires_grad_(True)), or "
+        "perturb the embedding's output through a forward hook: FGM(model, ..., mode='hook') "
+        "(FreeLB always does)"
+    )
+    with pytest.raises(ValueError, match=_exact(frozen)):
+        FGM(model)
+
+
+def test_sharded_weight_refused_in_weight_mode():
+    model = TinyTextClassifier()
+    model.embed.weight.device_mesh = object()  # what an FSDP2 DTensor carries
+    sharded = (
+        "PGD in weight mode perturbs rows of the input embedding's weight, which is sharded "
+        "by FSDP2 (a DTensor: each rank holds a slice of the rows). Attack the embedding's "
+        "output instead: PGD(model, ..., mode='hook') (FreeLB always does)"
+    )
+    with pytest.raises(ValueError, match=_exact(sharded)):
+        PGD(model)
+
+
+def test_tied_warning_in_full_at_the_callers_line_and_none_when_untied():
+    class Tied(TinyTextClassifier):
+        def __init__(self):
+            super().__init__()
+            self.out = nn.Linear(16, 50, bias=False)
+            self.out.weight = self.embed.weight
+            self.out2 = nn.Linear(16, 50, bias=False)
+            self.out2.weight = self.embed.weight
+
+    tied = (
+        "FGM: the input embedding's weight is tied to Linear, Linear (an output layer, as in "
+        "GPT-2 / BERT-MLM heads): weight mode perturbs that layer too, over every row its "
+        "dense gradient reaches. FGM(model, ..., mode='hook') perturbs the input only"
+    )
+    with pytest.warns(UserWarning, match=_exact(tied)) as record:
+        FGM(Tied())
+    assert record[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FGM(TinyTextClassifier())
+
+
+class _TwoEmbeddings(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.big = nn.Embedding(50, 16)  # the default target: most rows
+        self.small = nn.Embedding(20, 16)
+
+    def forward(self, ids):
+        return (self.big(ids) + self.small(ids % 20)).sum()
+
+
+@pytest.mark.parametrize("cls", [FGM, PGD])
+@pytest.mark.parametrize("mode", ["weight", "hook"])
+def test_explicit_target_is_the_one_attacked(cls, mode):
+    model = _TwoEmbeddings()
+    trick = cls(model, target=model.small, mode=mode)
+    assert trick.weight is model.small.weight
+    model(torch.arange(10).view(2, 5)).backward()
+    big0, small0 = model.big.weight.detach().clone(), model.small.weight.detach().clone()
+    if mode == "hook":
+        assert trick._output.module is model.small
+    else:
+        assert trick.attack() if cls is FGM else trick.attack(first=True)
+        assert torch.equal(model.big.weight, big0) and not torch.equal(model.small.weight, small0)
+        trick.restore()
+        assert torch.equal(model.small.weight, small0)
+
+
+def test_half_precision_embedding_rows():
+    model, _ = _model_and_grad()
+    model.embed.half()
+    g = model.embed.weight.grad.half()
+    model.embed.weight.grad = g
+    w0 = model.embed.weight.detach().clone()
+    fgm = FGM(model, eps=0.5)
+    assert fgm.attack()
+    rows, r = fgm_delta(g, 0.5)
+    assert model.embed.weight.dtype == torch.float16
+    assert torch.equal(model.embed.weight[rows], (w0[rows] + r).half())
+    fgm.restore()
+    assert torch.equal(model.embed.weight, w0)
+
+
+def test_sparse_half_gradient_norm_in_fp32():
+    g = torch.sparse_coo_tensor(
+        torch.tensor([[1]]),
+        torch.tensor([[300.0, 400.0]], dtype=torch.float16),
+        (3, 2),
+        check_invariants=True,
+    )
+    assert grad_rows(g)[2].dtype == torch.float32 and grad_rows(g)[2].item() == 500.0
+
+
+@pytest.mark.parametrize("cls", [FGM, PGD])
+def test_hook_mode_restore_clears_delta_and_grad(cls):
+    model = TinyTextClassifier()
+    trick = cls(model, mode="hook")
+    assert trick.weight is model.embed.weight
+    loss_fn(model, make_batch())[0].backward()
+    assert trick.attack() if cls is FGM else trick.attack(first=True)
+    trick.restore()
+    assert not trick.attacked
+    assert trick._output.delta is None and trick._output.grad is None
