@@ -20,7 +20,7 @@ from torch import nn
 from danlu.data.augment import augment
 from danlu.data.cutmix import token_cutmix
 from danlu.data.eda import EDA, eda_params, random_deletion, random_swap, synonym_replacement
-from danlu.data.longtext import sliding_windows, truncate
+from danlu.data.longtext import chunk_documents, sliding_windows, truncate
 from danlu.data.mixup import (
     mix_targets,
     mixup_batch,
@@ -29,6 +29,7 @@ from danlu.data.mixup import (
     sample_permutation,
 )
 from danlu.data.pooling import AttentionPooling, LSTMPooling, pool_chunks
+from danlu.data.synonyms import WordVectorSource
 from danlu.datasets import TextDataset, char_vocab, encode_chars, load_rotten_tomatoes
 from danlu.kfold import ensemble, stratified_folds
 from danlu.label_issues import find_label_issues, issues_table
@@ -90,6 +91,14 @@ ROWS = [
      r"max_len must be an integer > num_special"),
     ("sliding_windows stride 4", lambda: sliding_windows(list(range(10)), window=4, stride=4),
      ValueError, r"stride .* must be an integer in \[0, 4\)"),
+    ("chunk_documents empty", lambda: chunk_documents([], window=4, stride=1), ValueError,
+     r"docs must be a non-empty sequence of documents .* got empty"),
+    ("chunk_documents padded batch", lambda: chunk_documents(IDS, window=4, stride=1), ValueError,
+     r"docs must be a non-empty sequence .* got a tensor \(2, 5\)"),
+    ("WordVectorSource top_k True", lambda: WordVectorSource("words.vector", top_k=True), ValueError,
+     r"top_k must be an integer >= 1, got True"),
+    ("WordVectorSource threshold NaN", lambda: WordVectorSource("words.vector", threshold=NAN),
+     ValueError, r"threshold must be in \[-1, 1\] \(a real number\), got nan"),
     ("pool_chunks mode", lambda: pool_chunks(torch.zeros(2, 3), mode="median"), ValueError,
      r"mode must be 'mean', 'max' or 'sqrt_mean', got 'median'"),
     ("AttentionPooling dim 0", lambda: AttentionPooling(0), ValueError,

@@ -140,6 +140,16 @@ def chunk_documents(
         >>> chunks, doc_index.tolist()
         ([[1, 2, 3], [3, 4, 5], [6]], [0, 0, 1])
     """
+    if isinstance(docs, torch.Tensor) or not len(docs):
+        what = (
+            f"a tensor {tuple(docs.shape)} (a padded batch would cut its padding into windows)"
+            if isinstance(docs, torch.Tensor)
+            else "empty"
+        )
+        raise ValueError(
+            f"docs must be a non-empty sequence of documents (lists or 1-D tensors of ids), got "
+            f"{what}; pass a list of documents, e.g. [ids] for one"
+        )
     chunks, owner = [], []
     for d, doc in enumerate(docs):
         pieces = sliding_windows(doc, window, stride, num_special)
@@ -196,8 +206,11 @@ def encode_long(
         >>> logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
         >>> doc_logits = ChunkPooling("mean")(logits, doc_index=enc["doc_index"])
     """
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise TypeError("texts must be a list of strings (wrap a single text in a list)")
+    if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
+        raise TypeError(
+            f"texts must be a non-empty list of strings (wrap a single text in a list), got "
+            f"{'one str' if isinstance(texts, str) else repr(texts)[:60]}"
+        )
     prefix, suffix = _special_affixes(tokenizer)
     num_special = len(prefix) + len(suffix)
     ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]

@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from danlu._checks import check_int, check_number
 from danlu._optional import require
 
 __all__ = [
@@ -214,12 +215,10 @@ class WordVectorSource:
     def __init__(
         self, path: str | os.PathLike | None = None, threshold: float = 0.6, top_k: int = 10
     ) -> None:
-        if not -1.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
-        if not (isinstance(top_k, int) and top_k >= 1):
-            raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+        threshold = check_number("threshold", threshold, -1.0, 1.0, fix="a cosine similarity")
+        check_int("top_k", top_k, 1, fix="the most neighbours returned per word")
         self.path = str(path) if path is not None else _default_vector_path()
-        self.threshold, self.top_k = float(threshold), top_k
+        self.threshold, self.top_k = threshold, top_k
         self._cache: dict[str, list[str]] = {}
 
     def __call__(self, word: str) -> list[str]:
