@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import TinyTextClassifier, loss_fn, make_batch
 from torch import nn
 
@@ -401,3 +402,113 @@ def test_hook_mode_restore_clears_delta_and_grad(cls):
     trick.restore()
     assert not trick.attacked
     assert trick._output.delta is None and trick._output.grad is None
+
+
+def _loss_with_output_delta(model, batch, delta):
+    """TinyTextClassifier's loss with ``delta`` added to the embedding output (a leaf, so its
+    ``.grad`` is the output's gradient)."""
+    h = model.embed(batch["input_ids"]) + delta
+    m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+    pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+    return F.cross_entropy(model.head(torch.tanh(model.hidden(pooled))), batch["labels"])
+
+
+def _textbook_pgd_on_the_output(model, batch, eps, alpha, steps):
+    delta = torch.zeros(*batch["input_ids"].shape, 16, requires_grad=True)
+    _loss_with_output_delta(model, batch, delta).backward()
+    clean = {n: p.grad.clone() for n, p in model.named_parameters()}
+    g, adv = delta.grad, None
+    for t in range(steps):
+        step = alpha * g / g.norm()
+        adv = step if adv is None else adv + step
+        if adv.norm() > eps:
+            adv = adv * eps / adv.norm()
+        leaf = adv.detach().requires_grad_()
+        if t == steps - 1:
+            for n, p in model.named_parameters():
+                p.grad = clean[n].clone()
+        _loss_with_output_delta(model, batch, leaf).backward()
+        g = leaf.grad
+        if t < steps - 1:
+            model.zero_grad()
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_pgd_hook_mode_matches_textbook_on_the_output(steps):
+    batch = make_batch(seed=5)
+    torch.manual_seed(0)
+    ref = TinyTextClassifier()
+    model = TinyTextClassifier()
+    model.load_state_dict(ref.state_dict())
+    _textbook_pgd_on_the_output(ref, batch, eps=0.05, alpha=0.03, steps=steps)
+    pgd = PGD(model, eps=0.05, alpha=0.03, steps=steps, mode="hook")
+    assert not pgd.attacked
+    loss_fn(model, batch)[0].backward()
+    calls = []
+    pgd.run(lambda: calls.append(loss_fn(model, batch)[0].backward()))
+    assert len(calls) == steps and not pgd.attacked and pgd._output.delta is None
+    assert all(p.requires_grad for p in model.parameters())
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_pgd_defaults_and_messages_in_full():
+    model = TinyTextClassifier()
+    assert repr(PGD(model)) == "PGD(eps=1.0, alpha=0.3, steps=3, mode='weight')"
+    with pytest.raises(ValueError, match=_exact("eps must be a finite number > 0, got 0")):
+        PGD(model, eps=0)
+    with pytest.raises(ValueError, match=_exact("alpha must be a finite number > 0, got -1")):
+        PGD(model, alpha=-1)
+    pgd = PGD(model)
+    with pytest.raises(RuntimeError, match=_exact("PGD.attack() before attack(first=True)")):
+        pgd.attack()
+    loss_fn(model, make_batch())[0].backward()
+    pgd.attack(first=True)
+    message = "PGD.attack(first=True) while attacked: call restore() first"
+    with pytest.raises(RuntimeError, match=_exact(message)):
+        pgd.attack(first=True)
+
+
+def test_project_rows_half_norm_in_fp32():
+    r = torch.tensor([[60000.0, 60000.0]], dtype=torch.float16)  # ||r|| overflows in fp16
+    out = project_rows(r, torch.zeros_like(r), eps=1.0)
+    torch.testing.assert_close(out.float(), torch.tensor([[2**-0.5, 2**-0.5]]), atol=1e-3, rtol=0)
+
+
+def test_pgd_drop_in_steps_without_backward_and_new_rows():
+    """attack() again without a backward reuses .grad; a later gradient on new rows backs
+    them up too; the projection covers all moved rows; restore gives every row back."""
+    emb = nn.Embedding(6, 2)
+    model = nn.Sequential(emb)
+    w0 = emb.weight.detach().clone()
+    pgd = PGD(model, eps=1.0, alpha=0.4)
+    emb.weight.grad = torch.tensor([[3.0, 4.0], [0, 0], [0, 0], [0, 0], [0, 0], [0, 0]])
+    pgd.attack(first=True)
+    pgd.attack()  # no backward in between: the same direction again
+    expected = w0.clone()
+    expected[0] += torch.tensor([0.48, 0.64])
+    torch.testing.assert_close(emb.weight.detach(), expected)
+    emb.weight.grad = torch.tensor([[0, 0], [0, 0], [0, 0], [0, 0], [0, 0], [0.0, 2.0]])
+    pgd._incoming = None
+    pgd.attack()  # row 5 is new: r = (0.48, 0.64) on row 0, (0, 0.4) on row 5, ||r|| <= 1
+    expected[5] += torch.tensor([0.0, 0.4])
+    torch.testing.assert_close(emb.weight.detach(), expected)
+    pgd.attack()  # ||r|| = ||(0.48, 0.64, 0, 0.8)|| > 1: projected over both rows
+    r = torch.tensor([0.48, 0.64, 0.0, 0.8])
+    r = r / r.norm()
+    torch.testing.assert_close(emb.weight[0], w0[0] + r[:2])
+    torch.testing.assert_close(emb.weight[5], w0[5] + r[2:])
+    pgd.restore()
+    assert torch.equal(emb.weight, w0)
+
+
+def test_pgd_half_precision_embedding_rows():
+    emb = nn.Embedding(4, 2).half()
+    w0 = emb.weight.detach().clone()
+    pgd = PGD(nn.Sequential(emb), eps=1.0, alpha=0.5)
+    emb.weight.grad = torch.tensor([[0, 0], [3.0, 4.0], [0, 0], [0, 0]]).half()
+    assert pgd.attack(first=True)
+    step = torch.tensor([0.3, 0.4], dtype=torch.float16)  # added in the weight's dtype
+    assert torch.equal(emb.weight[1], w0[1] + step)
+    pgd.restore()
+    assert torch.equal(emb.weight, w0)
