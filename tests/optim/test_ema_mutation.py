@@ -3,6 +3,8 @@ see docs/mutation.md): the formulas by hand, every error, counters, dtypes and s
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -199,3 +201,48 @@ def test_state_dict_round_trip_and_errors():
     bad = {**sd, "buffers": {**sd["buffers"], "1.running_var": torch.zeros(5)}}
     with pytest.raises(ValueError, match=r"1.running_var has shape \(5,\), the model has \(4,\)"):
         other.load_state_dict(bad)
+
+
+def _exact(message: str) -> str:
+    return f"^{re.escape(message)}$"
+
+
+def test_messages_in_full():
+    decay = (
+        "decay must be in (0, 1], got 2; typical values are 0.99-0.9999 (closer to 1 averages "
+        "over more steps: about 1/(1-decay))"
+    )
+    with pytest.raises(ValueError, match=_exact(decay)):
+        EMA(_model(), decay=2)
+    frozen = (
+        "Sequential has no parameter with requires_grad=True, so trainable_only=True leaves "
+        "nothing to average: unfreeze what you train before creating the EMA, or pass "
+        "trainable_only=False"
+    )
+    with pytest.raises(ValueError, match=_exact(frozen)):
+        EMA(_model().requires_grad_(False))
+    model = _model()
+    ema = EMA(model)
+    model[0] = nn.Linear(3, 4)
+    changed = (
+        "the modules of Sequential changed after the EMA was created (it tracks 4 parameters "
+        "and 3 buffers): create the EMA after changing the model"
+    )
+    with pytest.raises(RuntimeError, match=_exact(changed)):
+        ema.apply_to()
+
+
+def test_shared_parameter_is_averaged_once():
+    model = _model()
+    model.append(nn.Linear(4, 3))
+    model.append(nn.Linear(3, 4))
+    model[3].weight = model[0].weight  # tied: one parameter in two modules
+    ema = EMA(model, decay=0.5)
+    assert len(ema.shadow) == len(dict(model.named_parameters()))
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _nudge(model, 1.0)
+    ema.update()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(ema.shadow[n], 0.5 * start[n] + 0.5 * p.detach())
+    with ema.averaged():
+        torch.testing.assert_close(model[3].weight, start["0.weight"] + 0.5)
