@@ -21,6 +21,17 @@ def check_int(name: str, value: Any, low: int, high: int | None = None, fix: str
     return value
 
 
+def check_ignore_index(value: Any) -> int:
+    """``value`` if it is an int (any sign, not a bool), else a TypeError: ``ignore_index=True``
+    would silently leave every label 1 out of the loss."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"ignore_index must be an int (the label left out of the loss, -100 by default), "
+            f"got {value!r}"
+        )
+    return value
+
+
 def check_texts(name: str, texts: Any) -> None:
     """A TypeError when ``texts`` is one ``str`` where a sequence of texts is meant (iterating
     a str would silently treat each character as a text)."""

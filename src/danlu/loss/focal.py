@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from danlu._checks import check_ignore_index
 from danlu.loss._swap import LossSwap
 
 __all__ = ["focal_loss", "FocalLoss", "Focal"]
@@ -81,7 +82,8 @@ def _check_gamma(gamma: float) -> float:
     return float(gamma)
 
 
-def _check_common(reduction: str, label_smoothing: float, mode: str) -> None:
+def _check_common(reduction: str, label_smoothing: float, mode: str, ignore_index: int) -> None:
+    check_ignore_index(ignore_index)
     if mode not in ("softmax", "sigmoid"):
         raise ValueError(f"mode must be 'softmax' or 'sigmoid', got {mode!r}")
     if reduction not in ("mean", "sum", "none"):
@@ -232,7 +234,7 @@ def focal_loss(
         tensor(0.1698)
     """
     gamma = _check_gamma(gamma)
-    _check_common(reduction, label_smoothing, mode)
+    _check_common(reduction, label_smoothing, mode, ignore_index)
     return _focal_loss(
         logits, target, gamma, alpha, mode, ignore_index, reduction, label_smoothing, compile
     )
@@ -294,7 +296,7 @@ class FocalLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.gamma = _check_gamma(gamma)
-        _check_common(reduction, label_smoothing, mode)
+        _check_common(reduction, label_smoothing, mode, ignore_index)
         self.mode, self.ignore_index = mode, ignore_index
         self.reduction, self.label_smoothing = reduction, float(label_smoothing)
         self.compile = bool(compile)

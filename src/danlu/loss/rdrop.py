@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from danlu._checks import check_ignore_index
 from danlu.core import Order, State, Trick
 from danlu.loss._swap import as_float, batch_field
 
@@ -37,6 +38,11 @@ def _check_alpha(alpha: float) -> float:
 
 
 def _check_pair(logits1: torch.Tensor, logits2: torch.Tensor) -> None:
+    if logits1.dim() < 2:
+        raise ValueError(
+            f"logits must be (B, C) or (B, T, C) with the classes last, got {tuple(logits1.shape)}"
+            "; for one example add the batch dim: logits.unsqueeze(0)"
+        )
     if logits1.shape != logits2.shape:
         raise ValueError(
             f"the two passes' logits must have the same shape, got {tuple(logits1.shape)} "
@@ -101,6 +107,7 @@ def rdrop_loss(
         >>> loss = rdrop_loss(l1, l2, torch.tensor([0, 1, 2, 0]), alpha=1.0)
     """
     alpha = _check_alpha(alpha)
+    check_ignore_index(ignore_index)
     _check_pair(logits1, logits2)  # before the cross-entropy, which fails obscurely on it
     if target.shape != logits1.shape[:-1]:
         raise ValueError(

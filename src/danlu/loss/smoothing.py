@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from danlu._checks import check_ignore_index
 from danlu.loss._swap import LossSwap
 
 __all__ = ["temperature_cross_entropy", "LabelSmoothing", "TemperatureCE"]
@@ -57,6 +58,11 @@ def temperature_cross_entropy(
         tensor(0.3133)
     """
     temperature = _check_temperature(temperature)
+    if logits.dim() >= 2 and target.shape[:1] != logits.shape[:1]:
+        raise ValueError(
+            f"target must have one entry per row of logits ({logits.shape[0]} rows), got shape "
+            f"{tuple(target.shape)}"
+        )
     return F.cross_entropy(logits / temperature, target, **kwargs)
 
 
@@ -82,7 +88,7 @@ class LabelSmoothing(LossSwap):
         target_fn: Callable[[Any], torch.Tensor] | None = None,
     ) -> None:
         super().__init__(target_key, target_fn)
-        self.eps, self.ignore_index = _check_eps(eps), ignore_index
+        self.eps, self.ignore_index = _check_eps(eps), check_ignore_index(ignore_index)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
