@@ -22,8 +22,8 @@ def check_int(name: str, value: Any, low: int, high: int | None = None, fix: str
 
 
 def check_ignore_index(value: Any) -> int:
-    """``value`` if it is an int (any sign, not a bool), else a TypeError: ``ignore_index=True``
-    would silently leave every label 1 out of the loss."""
+    """``value`` if it is an int (any sign, not a bool), else a TypeError at construction
+    (``F.cross_entropy`` only refuses a bool at the first loss, deep in a training step)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
             f"ignore_index must be an int (the label left out of the loss, -100 by default), "
