@@ -4,6 +4,8 @@ unwrapping, autocast dtypes, counters and state_dict contents."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -244,3 +246,102 @@ def test_num_items_on_every_micro_batch_or_none():
     tricks.step(model, opt, _batch(), _loss, num_items=6)
     with pytest.raises(ValueError, match="num_items was given for earlier micro-batches"):
         tricks.step(model, opt, _batch(), _loss)
+
+
+def _exact(message: str) -> str:
+    return f"^{re.escape(message)}$"
+
+
+def test_messages_in_full():
+    model, opt = _setup()
+    scalar = (
+        "loss_fn must return a scalar loss tensor, got (2,); reduce it (e.g. loss.mean()) or "
+        "return (loss, logits)"
+    )
+    with pytest.raises(ValueError, match=_exact(scalar)):
+        Tricks().step(model, opt, _batch(), lambda m, b: torch.ones(2))
+    with pytest.raises(
+        ValueError, match=_exact("the model has no parameters: there is nothing to train")
+    ):
+        Tricks().step(nn.Identity(), opt, _batch(), _loss)
+    notrick = (
+        "Tricks takes danlu.Trick objects, got Linear; wrap drop-in objects in their Trick form"
+    )
+    with pytest.raises(TypeError, match=_exact(notrick)):
+        Tricks([nn.Linear(1, 1)])
+    tricks = Tricks(accumulate=2)
+    tricks.step(model, opt, _batch(), _loss, num_items=0.5)  # fractional counts are fine
+    mixed = (
+        "num_items was given for earlier micro-batches of this window but not for this one: "
+        "pass it on every micro-batch or on none"
+    )
+    with pytest.raises(ValueError, match=_exact(mixed)):
+        tricks.step(model, opt, _batch(), _loss)
+
+
+def test_loss_replacing_trick_outside_two_loss_tricks_message():
+    class Loss(Trick):
+        def compute_loss(self, forward, batch, state):
+            return forward(batch)
+
+    class Outer(Loss):
+        replaces_loss = True
+        order = Order.DATA
+
+    message = (
+        "Outer() recomputes the loss from the logits, so the loss of Loss(), Loss() inside it "
+        "would be silently dropped; give Outer that loss instead (e.g. loss_from_logits=...), "
+        "or change the tricks' order so the loss-replacing trick is innermost"
+    )
+    with pytest.raises(ValueError, match=_exact(message)):
+        Tricks([Loss(), Outer(), Loss(), Trick()])
+    inner = Outer()
+    inner.order = Order.AVERAGE
+    Tricks([Loss(), inner])  # innermost: fine
+
+
+def test_fp16_scaler_is_made_once_for_the_model_device():
+    model, opt = _setup()
+    tricks = Tricks(amp="fp16", accumulate=2)
+    first = tricks.step(model, opt, _batch(0), _loss).scaler
+    assert first.is_enabled() and tricks.state.grad_scale == 65536.0
+    for i in range(1, 4):
+        assert tricks.step(model, opt, _batch(i), _loss).scaler is first
+
+
+def test_scaler_state_loads_into_an_existing_scaler():
+    model, opt = _setup()
+    a = Tricks(amp="fp16", grad_scaler=torch.amp.GradScaler("cpu", init_scale=32.0))
+    a.step(model, opt, _batch(), _loss)
+    b = Tricks(amp="fp16")
+    b.step(model, opt, _batch(), _loss)  # b's scaler exists now
+    b.load_state_dict(a.state_dict())
+    assert b.state.scaler.get_scale() == a.state.scaler.get_scale() == 32.0
+
+
+def test_loss_only_loss_fn_leaves_logits_none_and_after_step_gets_the_optimizer():
+    seen = []
+
+    class Spy(Trick):
+        def after_step(self, optimizer, state):
+            seen.append(optimizer)
+
+    model, opt = _setup()
+    st = Tricks([Spy()]).step(model, opt, _batch(), lambda m, b: _loss(m, b)[0])
+    assert st.logits is None and st.loss.shape == () and seen == [opt]
+
+
+def test_num_items_windows_one_after_another_equal_plain_steps():
+    model, opt = _setup()
+    ref, ref_opt = _setup()
+    tricks = Tricks(accumulate=2)
+    for w in range(2):
+        small, big = _batch(10 * w, n=2), _batch(10 * w + 1, n=5)
+        tricks.step(model, opt, small, _loss, num_items=2)
+        tricks.step(model, opt, big, _loss, num_items=5)
+        both = tuple(torch.cat([s, b]) for s, b in zip(small, big))
+        _loss(ref, both)[0].backward()
+        ref_opt.step()
+        ref_opt.zero_grad()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
