@@ -17,6 +17,7 @@ keep a dev set of the old distribution and retrain from scratch on all data when
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,7 +289,14 @@ def incremental_train(
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if state["tricks"] is not None and tricks is not None:
+        if state["tricks"] is not None and tricks is None:
+            warnings.warn(
+                "the checkpoint holds the first run's tricks state (EMA shadow, counters) but "
+                "tricks=None, so it is not used; pass the first run's Tricks, rebuilt",
+                UserWarning,
+                stacklevel=2,
+            )
+        elif state["tricks"] is not None:
             tricks.load_state_dict(state["tricks"])
     peaks = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
     if optimizer_state == "reset":

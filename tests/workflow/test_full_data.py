@@ -293,8 +293,9 @@ def test_incremental_train_reset_optimizer_and_lr(tmp_path):
 
     path = _first_run(tmp_path)
     model, opt, _ = _fresh(1)
-    out = incremental_train(model, opt, tensor_loader(40, 8, seed=2), tuple_loss,
-                            checkpoint=path, lr=3e-3, optimizer_state="reset")  # fmt: skip
+    with pytest.warns(UserWarning, match="tricks=None, so it is not used"):
+        out = incremental_train(model, opt, tensor_loader(40, 8, seed=2), tuple_loss,
+                                checkpoint=path, lr=3e-3, optimizer_state="reset")  # fmt: skip
     assert all(int(st["step"]) == 5 for st in opt.state.values())
     assert max(out[0].lrs) == pytest.approx(3e-3)
 
