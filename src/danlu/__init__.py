@@ -2,7 +2,8 @@
 
 ``import danlu`` needs only torch and numpy. Trick families live in subpackages:
 ``danlu.optim``, ``danlu.loss``, ``danlu.adversarial``, ``danlu.data``, ``danlu.nn``,
-``danlu.predict`` (prediction time and ensembles);
+``danlu.predict`` (prediction time and ensembles), ``danlu.pretrain`` (domain-adaptive MLM,
+Chinese whole-word masking);
 integrations with optional dependencies in ``danlu.integrations``.
 """
 
