@@ -512,3 +512,22 @@ def test_pgd_half_precision_embedding_rows():
     assert torch.equal(emb.weight[1], w0[1] + step)
     pgd.restore()
     assert torch.equal(emb.weight, w0)
+
+
+def test_pgd_hook_mode_without_gradient_runs_nothing_and_exception_unfreezes():
+    model = TinyTextClassifier()
+    pgd = PGD(model, mode="hook")
+    calls = []
+    pgd.run(lambda: calls.append(1))  # no backward yet: nothing recorded, no pass
+    assert calls == [] and pgd._output.delta is None
+    batch = make_batch()
+    loss_fn(model, batch)[0].backward()
+
+    def closure():
+        loss_fn(model, batch)[0].backward()
+        raise KeyError
+
+    with pytest.raises(KeyError):
+        pgd.run(closure)  # fails in the first inner pass, with the parameters frozen
+    assert all(p.requires_grad is True for p in model.parameters())
+    assert not pgd.attacked and pgd._output.delta is None
