@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from danlu.lab.stats import (
     seeds_needed,
     sign_flip_p,
     summarize,
+    t_p,
     tost_p,
 )
 
@@ -235,3 +237,101 @@ def test_holm_rejects_non_probabilities():
         holm([0.2, 1.5])
 
 
+
+
+# --- edges the mutation run (docs/mutation.md) found untested ---------------------------
+
+
+def test_two_values_have_an_interval_and_one_value_warns_nothing():
+    s = summarize([0.80, 0.84])
+    half = sps.t.ppf(0.975, 1) * np.std([0.80, 0.84], ddof=1) / math.sqrt(2)
+    assert (s.ci_low, s.ci_high) == pytest.approx((0.82 - half, 0.82 + half))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "degrees of freedom <= 0" from numpy
+        assert math.isnan(summarize([0.7]).std)
+        assert p_fresh_seed([0.01]) == 1.0
+    with pytest.raises(ValueError, match="^values must"):
+        summarize([])
+
+
+def test_t_p_equals_scipy_for_every_alternative_and_is_nan_without_spread():
+    d = np.array([0.012, -0.004, 0.02, 0.007, 0.015])
+    for alternative in ("two-sided", "greater", "less"):
+        ref = sps.ttest_1samp(d, 0.003, alternative=alternative).pvalue
+        assert float(t_p(d, alternative, shift=0.003)) == pytest.approx(ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(t_p(np.full(3, 0.01))) and np.isnan(t_p(np.zeros(3)))
+    with pytest.raises(ValueError, match="alternative"):
+        t_p(d, "less ")
+
+
+def test_tost_when_the_lower_bound_decides():
+    d = np.array([-0.006, -0.008, -0.007, -0.005, -0.009])  # close to -margin
+    ref = ttost_paired(d, np.zeros(5), -0.01, 0.01)[0]
+    assert float(tost_p(d, 0.01)) == pytest.approx(ref)
+    assert float(tost_p(d, 0.01)) == pytest.approx(sps.ttest_1samp(d, -0.01, alternative="greater").pvalue)
+
+
+def test_flat_is_inclusive_and_relative_to_the_mean():
+    assert paired_delta([0.5, 0.625], [0.5, 0.5], resolution=0.125).flat  # spread == resolution
+    assert not paired_delta([0.5, 0.625], [0.5, 0.5], resolution=0.12).flat
+    assert not paired_delta([0.51, 0.51 + 1.5e-12], [0.5, 0.5]).flat  # above the 1e-12 floor
+    assert paired_delta([6.0, 6.0 + 3e-12], [1.0, 1.0]).flat  # floor scales with |mean| = 5
+
+
+def test_sign_flip_above_sixteen_seeds_is_a_seeded_monte_carlo_estimate():
+    d = np.random.default_rng(4).normal(0.004, 0.01, 17)
+    first = sign_flip_p(d)
+    assert sign_flip_p(d) == first  # seeded
+    assert first == pytest.approx(_enumerated_sign_flip(d), abs=0.005)
+    with pytest.raises(ValueError, match="^deltas must"):
+        sign_flip_p([])
+
+
+def test_paired_delta_fields_and_argument_checks():
+    one = paired_delta([0.9], [0.8])
+    assert one.flat is False and one.n == 1
+    assert all(math.isnan(x) for x in (one.std, one.ci_low, one.ci_high, one.boot_low,
+                                       one.boot_high, one.p, one.p_t, one.p_sign))  # fmt: skip
+    two = paired_delta([0.82, 0.85], [0.80, 0.81])
+    assert two.p == pytest.approx(sps.ttest_rel([0.82, 0.85], [0.80, 0.81]).pvalue)
+    d = paired_delta(A, B, n_boot=1000, seed=2)
+    assert d.flat is False and d.p_t == d.p and d.p_sign == pytest.approx(sign_flip_p(np.subtract(A, B)))
+    diffs = np.subtract(A, B)
+    boot = diffs[np.random.default_rng(2).integers(0, 5, size=(1000, 5))].mean(axis=1)
+    assert (d.boot_low, d.boot_high) == pytest.approx(tuple(np.percentile(boot, [2.5, 97.5])))
+    assert paired_delta(A, B, n_boot=1).n == 5
+    assert paired_delta([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]).n == 3
+    with pytest.raises(ValueError, match="n_boot"):
+        paired_delta(A, B, n_boot=True)
+    with pytest.raises(ValueError, match="resolution must be >= 0"):
+        paired_delta(A, B, resolution=-1.0)
+    with pytest.raises(ValueError, match="^a must"):
+        paired_delta([], B)
+    with pytest.raises(ValueError, match="^b must"):
+        paired_delta(A, [float("nan")] * 5)
+
+
+def test_holm_accepts_the_ends_of_the_unit_interval_and_names_bad_values():
+    assert holm([0.0, 1.0]).tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match=r"1\.5"):
+        holm([0.2, 1.5])
+
+
+def test_power_edges_and_a_missing_statsmodels(monkeypatch):
+    import sys
+
+    assert math.isfinite(detectable_effect(0.01, 2, 0.05))
+    assert seeds_needed(1.0, 0.001, 0.05) == 2  # a huge effect still needs a pair
+    with pytest.raises(ValueError, match="effect and std"):
+        seeds_needed(0.01, 0.0, 0.05)
+    monkeypatch.setitem(sys.modules, "statsmodels.stats.power", None)
+    with pytest.raises(ImportError, match=r"for power analysis .* pip install 'danlu\[lab\]'"):
+        detectable_effect(0.01, 5, 0.05)
+
+
+def test_p_fresh_seed_with_two_seeds():
+    d = np.array([0.01, 0.03])
+    scale = d.std(ddof=1) * math.sqrt(1.5)
+    assert p_fresh_seed(d) == pytest.approx(sps.t.cdf(d.mean() / scale, 1))

@@ -118,6 +118,8 @@ def sign_flip_p(deltas: Sequence[float], alternative: str = "two-sided") -> floa
 def t_p(deltas: np.ndarray, alternative: str = "two-sided", shift: float = 0.0) -> np.ndarray:
     """Paired t-test p-values of ``mean(deltas) == shift`` along the last axis (vectorised
     for the simulations; equals ``scipy.stats.ttest_1samp``). ``nan`` with zero spread."""
+    if alternative not in ("two-sided", "greater", "less"):
+        raise ValueError(f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}")
     d = np.asarray(deltas, dtype=np.float64)
     n = d.shape[-1]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -262,8 +264,9 @@ def seeds_needed(effect: float, std: float, alpha: float, power: float = 0.8) ->
     """
     if not effect > 0 or not std > 0:
         raise ValueError(f"effect and std must be > 0, got effect={effect!r}, std={std!r}")
-    n = _power().solve_power(effect_size=effect / std, alpha=alpha, power=power)
-    return max(2, math.ceil(float(n)))
+    n = float(_power().solve_power(effect_size=effect / std, alpha=alpha, power=power))
+    # statsmodels' root finder gives nan when even 2 seeds are more than enough
+    return max(2, math.ceil(n)) if math.isfinite(n) else 2
 
 
 def p_fresh_seed(deltas: Sequence[float]) -> float:
@@ -277,10 +280,9 @@ def p_fresh_seed(deltas: Sequence[float]) -> float:
     """
     d = _as_values(deltas, "deltas")
     n = d.size
-    std = float(d.std(ddof=1)) if n > 1 else 0.0
-    if n < 2 or _flat(d, 0.0) or std == 0:
+    if n < 2 or _flat(d, 0.0):
         return float(np.mean(d > 0) + 0.5 * np.mean(d == 0))
-    scale = std * math.sqrt(1 + 1 / n)
+    scale = float(d.std(ddof=1)) * math.sqrt(1 + 1 / n)
     return float(_scipy_stats().t.cdf(d.mean() / scale, n - 1))
 
 
