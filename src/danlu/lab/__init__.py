@@ -2,15 +2,19 @@
 
 A grid of combos × seeds (× training-set sizes) is run cell by cell (resumable, in worker
 processes or on Ray), each cell a full fine-tune with model selection on a dev split and one
-final test evaluation; the report gives paired deltas against base with bootstrap CIs, a
-paired t-test, Holm-corrected verdicts, a step-matched base for augmentation, interaction
-lines for stacks and cost ratios. Command line: ``danlu lab tasks | tricks | run | report``.
+final test evaluation whose predictions are kept. The report gives four verdicts per
+comparison (helps, hurts, equivalent within ±m, undecided) from a group-sequential design
+with Holm's correction, so ``seeds="auto"`` can add seeds only where they decide something;
+beside them the exact sign-flip test, power, a multi-bootstrap over seeds × test examples,
+P(beats base on a fresh seed), flipped examples, diverged runs, a convergence control,
+step- and time-matched bases, interactions and cost ratios. Command line:
+``danlu lab tasks | tricks | run | report``.
 
 Example (your own task; see docs/lab.md)::
 
     from danlu.lab import Task, run_lab, write_report
     task = Task("mine", data=(train, test), build=build, lang="en")
-    run_lab(task, ["base", "fgm", "ema", "fgm+ema"], seeds=5, out="runs/mine")
+    run_lab(task, ["base", "fgm", "ema", "fgm+ema"], seeds="auto", out="runs/mine")
     print(write_report("runs/mine"))
 """
 
