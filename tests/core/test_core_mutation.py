@@ -345,3 +345,21 @@ def test_num_items_windows_one_after_another_equal_plain_steps():
         ref_opt.zero_grad()
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
+
+
+def test_a_window_without_num_items_after_one_with_them():
+    model, opt = _setup()
+    ref, ref_opt = _setup()
+    tricks = Tricks(accumulate=2)
+    for w, counts in enumerate([(2, 5), (None, None)]):
+        small, big = _batch(10 * w, n=2), _batch(10 * w + 1, n=5)
+        for mb, n in zip((small, big), counts):
+            tricks.step(model, opt, mb, _loss, num_items=n)
+        if counts[0] is None:  # the mean of the two micro-batch means
+            ((_loss(ref, small)[0] + _loss(ref, big)[0]) / 2).backward()
+        else:
+            _loss(ref, tuple(torch.cat([s, b]) for s, b in zip(small, big)))[0].backward()
+        ref_opt.step()
+        ref_opt.zero_grad()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
