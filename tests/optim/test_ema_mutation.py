@@ -246,3 +246,53 @@ def test_shared_parameter_is_averaged_once():
         torch.testing.assert_close(ema.shadow[n], 0.5 * start[n] + 0.5 * p.detach())
     with ema.averaged():
         torch.testing.assert_close(model[3].weight, start["0.weight"] + 0.5)
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A gloo process group of world size 1 in this process (FSDP2 needs one)."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_shards_on_one_rank(one_rank_group):
+    """FSDP2 on a world of one: the shadow is a DTensor, averaged shard-wise by the hand
+    formula, gathered to plain CPU tensors by full_state_dict and loaded back from them."""
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    for m in model:
+        fully_shard(m)
+    fully_shard(model)
+    ema = EMA(model, decay=0.5)
+    assert len(ema._fsdp) == 3 and all(hasattr(s, "full_tensor") for s in ema.shadow.values())
+    start = {n: p.full_tensor().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    assert ema.update()
+    for n, p in model.named_parameters():
+        expected = 0.5 * start[n] + 0.5 * p.full_tensor()
+        torch.testing.assert_close(ema.shadow[n].full_tensor(), expected)
+    sd = ema.full_state_dict()
+    assert sd["step"] == 1 and sd["num_updates"] == 1
+    for n, t in sd["shadow"].items():
+        assert type(t) is torch.Tensor and torch.equal(t, ema.shadow[n].full_tensor())
+    fresh = EMA(model, decay=0.5)
+    fresh.load_state_dict(sd)
+    for n, s in fresh.shadow.items():
+        assert hasattr(s, "full_tensor") and torch.equal(s.full_tensor(), sd["shadow"][n])
+    live = {n: p.full_tensor().clone() for n, p in model.named_parameters()}
+    with fresh.averaged():
+        for n, p in model.named_parameters():
+            assert torch.equal(p.full_tensor(), sd["shadow"][n])
+    for n, p in model.named_parameters():
+        assert torch.equal(p.full_tensor(), live[n])
