@@ -335,3 +335,10 @@ def test_p_fresh_seed_with_two_seeds():
     d = np.array([0.01, 0.03])
     scale = d.std(ddof=1) * math.sqrt(1.5)
     assert p_fresh_seed(d) == pytest.approx(sps.t.cdf(d.mean() / scale, 1))
+
+
+def test_empty_inputs_name_the_argument():
+    with pytest.raises(ValueError, match="^deltas must"):
+        p_fresh_seed([])
+    with pytest.raises(ValueError, match="one shape"):
+        multi_bootstrap(np.zeros((2, 0)), np.zeros((2, 0)))
