@@ -340,5 +340,7 @@ def test_p_fresh_seed_with_two_seeds():
 def test_empty_inputs_name_the_argument():
     with pytest.raises(ValueError, match="^deltas must"):
         p_fresh_seed([])
+    d = np.array([0.01, 0.02, -0.005])
+    assert float(t_p(d)) == pytest.approx(sps.ttest_1samp(d, 0.0).pvalue)  # default: no shift
     with pytest.raises(ValueError, match="one shape"):
         multi_bootstrap(np.zeros((2, 0)), np.zeros((2, 0)))
