@@ -169,4 +169,4 @@ def test_unpaired_items_need_augment():
         uda.term(model, uda.stream.next())
     same = UDA([{"input_ids": torch.ones(2, 3, dtype=torch.long)}], augment=lambda b: b,
                logits_fn=_logits, temperature=1.0, threshold=None)  # fmt: skip
-    assert float(same.term(model, same.stream.next())) == pytest.approx(0.0, abs=1e-6)
+    assert float(same.term(model, same.stream.next()).detach()) == pytest.approx(0.0, abs=1e-6)
