@@ -62,3 +62,15 @@ def check_number(
         hint = f"; {fix}" if fix else ""
         raise ValueError(f"{name} must be in {interval} (a real number), got {value!r}{hint}")
     return float(value)
+
+
+def check_temperature(temperature: Any, hint: str) -> float:
+    """``float(temperature)`` if it is a finite number > 0 (not a bool), else a ValueError
+    naming the value and ``hint`` (the usual setting)."""
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not (math.isfinite(temperature) and temperature > 0)
+    ):
+        raise ValueError(f"temperature must be a finite number > 0 ({hint}), got {temperature!r}")
+    return float(temperature)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from danlu._checks import check_temperature
 from danlu.core import Order, State, Trick
 from danlu.loss._swap import batch_field
 
@@ -101,18 +102,6 @@ def uncertainty_task_loss(
     )
 
 
-def _check_temperature(temperature: float) -> float:
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
-        or not (math.isfinite(temperature) and temperature > 0)
-    ):
-        raise ValueError(
-            f"temperature must be a finite number > 0 (the paper uses 2), got {temperature!r}"
-        )
-    return float(temperature)
-
-
 def dwa_weights(
     last: Mapping[str, float], before_last: Mapping[str, float], temperature: float = 2.0
 ) -> dict[str, float]:
@@ -124,7 +113,7 @@ def dwa_weights(
         >>> {k: round(v, 3) for k, v in w.items()}
         {'a': 0.876, 'b': 1.124}
     """
-    temperature = _check_temperature(temperature)
+    temperature = check_temperature(temperature, "the paper uses 2")
     if set(last) != set(before_last) or not last:
         raise ValueError(
             f"last and before_last must name the same non-empty tasks, got {sorted(last)} "
@@ -194,7 +183,7 @@ class MultiTaskLoss(nn.Module):
                 raise TypeError(f"the criteria of {bad} are not callable (logits, target) -> loss")
         self.method = method
         self.weights = _check_weights(weights, self.tasks) if weights is not None else None
-        self.temperature = _check_temperature(temperature)
+        self.temperature = check_temperature(temperature, "the paper uses 2")
         k = len(self.tasks)
         self.log_vars = nn.Parameter(torch.zeros(k)) if method == "uncertainty" else None
         # DWA: the running sums of this epoch, and the last two epochs' means (row 1 = last)

@@ -9,30 +9,16 @@ examples), ``T < 1`` sharpens it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from danlu._checks import check_ignore_index
+from danlu._checks import check_ignore_index, check_temperature
 from danlu.loss._swap import LossSwap
 
 __all__ = ["temperature_cross_entropy", "LabelSmoothing", "TemperatureCE"]
-
-
-def _check_temperature(temperature: float) -> float:
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
-        or not (math.isfinite(temperature) and temperature > 0)
-    ):
-        raise ValueError(
-            f"temperature must be a finite number > 0 (1 = plain cross-entropy), got "
-            f"{temperature!r}"
-        )
-    return float(temperature)
 
 
 def _check_eps(eps: float, name: str = "eps") -> float:
@@ -57,7 +43,7 @@ def temperature_cross_entropy(
         >>> temperature_cross_entropy(logits, target, temperature=2.0)   # CE of [1, 0]
         tensor(0.3133)
     """
-    temperature = _check_temperature(temperature)
+    temperature = check_temperature(temperature, "1 = plain cross-entropy")
     if logits.dim() >= 2 and target.shape[:1] != logits.shape[:1]:
         raise ValueError(
             f"target must have one entry per row of logits ({logits.shape[0]} rows), got shape "
@@ -125,7 +111,7 @@ class TemperatureCE(LossSwap):
         target_fn: Callable[[Any], torch.Tensor] | None = None,
     ) -> None:
         super().__init__(target_key, target_fn)
-        self.temperature = _check_temperature(temperature)
+        self.temperature = check_temperature(temperature, "1 = plain cross-entropy")
         self.label_smoothing, self.ignore_index = (
             _check_eps(label_smoothing, "label_smoothing"),
             ignore_index,
