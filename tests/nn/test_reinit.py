@@ -1,5 +1,5 @@
-"""reinit_top_layers: the chosen blocks and head are re-drawn from the model's own init
-(independent of their previous values, matching HF's init distribution), everything else is
+"""reinit_top_layers: the chosen blocks and head get exactly a freshly initialised model's
+values under the same seed (independent of their previous values), everything else is
 untouched, pretrained (``_is_hf_initialized``) weights are really re-drawn, tied weights and
 the global RNG are left alone, and bad inputs raise."""
 
@@ -47,9 +47,13 @@ def test_chosen_layers_are_fresh_init_and_the_rest_untouched(tmp_path):
     after, other = _snapshot(a), _snapshot(b)
     params = {k for k, _ in a.named_parameters()}
     assert set(names) == {k for k in params if _is_top(k, 3, 2)}
+    torch.manual_seed(7)  # the reference: a model built from scratch by transformers
+    fresh = dict(transformers.BertForSequenceClassification(a.config).named_parameters())
     for k in params:
         if _is_top(k, 3, 2):
-            # a function of the seed only: equal to re-initialising another model
+            # exactly a freshly initialised model's values under the same seed, whatever
+            # the weights were before (another model re-initialised gives the same)
+            assert torch.equal(after[k], fresh[k]), k
             assert torch.equal(after[k], other[k]), k
             assert not torch.equal(after[k], before[k]), k
         else:
@@ -133,3 +137,23 @@ def test_docstring_example():
 
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0, result
+
+
+def test_user_head_outside_the_hf_model_gets_reset_parameters():
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=32)  # fmt: skip
+
+    class Wrapped(nn.Module):  # an HF encoder with the user's own head after it
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc, self.head = transformers.BertModel(cfg), nn.Linear(16, 2)
+
+    model = Wrapped()
+    names = reinit_top_layers(model, 1, seed=5)
+    torch.manual_seed(5)
+    fresh = transformers.BertModel(cfg)  # the reference for the HF part, then the head's draw
+    head = nn.Linear(16, 2)
+    for k in ("encoder.layer.1.attention.self.query.weight", "pooler.dense.weight"):
+        assert torch.equal(model.enc.get_parameter(k), fresh.get_parameter(k)), k
+    assert torch.equal(model.head.weight, head.weight)  # nn.Linear's init = reset_parameters
+    assert {"head.weight", "head.bias", "enc.pooler.dense.bias"} <= set(names)

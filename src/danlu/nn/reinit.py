@@ -24,12 +24,13 @@ from danlu.optim.layer_decay import find_layer_list
 __all__ = ["reinit_top_layers"]
 
 
-def _hf_init_fn(model: nn.Module) -> Callable[[nn.Module], None] | None:
-    """The ``_init_weights`` of the outermost Hugging Face model inside ``model``."""
+def _hf_model(model: nn.Module) -> nn.Module | None:
+    """The outermost Hugging Face model inside ``model`` (a module with its own ``config``
+    and a class-level ``_init_weights``; looking at the class skips wrappers such as peft's
+    that forward attribute lookups)."""
     for module in model.modules():
-        fn = getattr(module, "_init_weights", None)
-        if callable(fn) and hasattr(module, "config"):
-            return fn
+        if "config" in vars(module) and callable(getattr(type(module), "_init_weights", None)):
+            return module
     return None
 
 
@@ -50,14 +51,17 @@ def reinit_top_layers(
 ) -> list[str]:
     """Re-initialise the top ``n`` blocks of an encoder (and its pooler/head) in place.
 
-    Every module of the chosen blocks gets ``init_fn(module)``; by default the model's own
-    ``_init_weights`` (Hugging Face: normal(0, ``initializer_range``) weights, zero biases,
-    LayerNorm 1/0), else each module's ``reset_parameters()`` (torch's default init).
-    Transformers 5 marks the weights loaded by ``from_pretrained`` as initialised
-    (``_is_hf_initialized``) and its init functions then skip them, so
-    ``model.apply(model._init_weights)`` silently does nothing on a pretrained model; the
-    mark is lifted here for the chosen parameters and put back afterwards. Weights tied to
-    a parameter outside the chosen blocks (an MLM decoder tied to the input embedding) are
+    Hugging Face models (without ``init_fn``): the chosen weights get exactly the values a
+    freshly initialised model of the same class and config gets under
+    ``torch.manual_seed(seed)``: the model's own init (normal(0, ``initializer_range``)
+    weights, zero biases, LayerNorm 1/0), built once on the CPU (a second copy of the model
+    in memory for a moment: about 2 s for BERT-base on 2 CPU cores). Re-drawing in place with
+    ``model.apply(model._init_weights)`` is not enough: transformers 5 marks the weights
+    loaded by ``from_pretrained`` as initialised (``_is_hf_initialized``) and its init
+    functions then skip them, a silent no-op. Modules of the head outside the Hugging Face
+    model (a user's own head), and every module of other models, get ``init_fn(module)``, by
+    default each module's ``reset_parameters()`` (torch's default init). Weights tied to a
+    parameter outside the chosen blocks (an MLM decoder tied to the input embedding) are
     left as they were.
 
     Args:
@@ -100,8 +104,6 @@ def reinit_top_layers(
         )
     if n == 0 and not head:
         raise ValueError("n=0 with head=False re-initialises nothing; pass n >= 1 or head=True")
-    init = init_fn or _hf_init_fn(model) or _reset
-
     modules = [m for block in list(layers)[len(layers) - n :] for m in block.modules()]
     if head:
         parent = prefix.rpartition(".")[0]
@@ -121,23 +123,21 @@ def reinit_top_layers(
     params = {id(p): p for m in modules for p in m.parameters(recurse=False)}
     chosen = {pid for pid in params if id(first_owner[pid]) in inside}
     keep = {pid: p.detach().clone() for pid, p in params.items() if pid not in chosen}
-    marks = {pid: getattr(params[pid], "_is_hf_initialized", None) for pid in chosen}
 
+    hf = _hf_model(model) if init_fn is None else None
+    hf_names = {id(p): nm for nm, p in hf.named_parameters()} if hf is not None else {}
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     with rng, torch.no_grad():
         if seed is not None:
             torch.manual_seed(seed)
-        for pid in chosen:
-            params[pid]._is_hf_initialized = False
-        try:
-            for m in modules:
+        if hf is not None:
+            fresh = dict(type(hf)(hf.config).named_parameters())
+            for pid in chosen & hf_names.keys():
+                params[pid].copy_(fresh[hf_names[pid]])
+        init = init_fn or _reset
+        for m in modules:
+            if not any(id(p) in hf_names for p in m.parameters(recurse=False)):
                 init(m)
-        finally:
-            for pid, mark in marks.items():
-                if mark is None:
-                    del params[pid]._is_hf_initialized
-                else:
-                    params[pid]._is_hf_initialized = mark
-            for pid, value in keep.items():
-                params[pid].copy_(value)
+        for pid, value in keep.items():
+            params[pid].copy_(value)
     return [nm for nm, p in model.named_parameters() if id(p) in chosen]
