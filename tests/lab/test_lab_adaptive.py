@@ -60,7 +60,7 @@ def test_only_undecided_combos_and_their_base_get_more_seeds(fake, tmp_path):
     for r in records:
         seeds.setdefault((r["combo"], r["match"]), set()).add(r["seed"])
     looks = read_design(tmp_path).looks
-    assert looks == (3, 4, 6, 8, 10)
+    assert looks == (3, 4, 5, 6, 8, 10)
     assert seeds[("base", CONTROL)] == {0, 1, 2}  # the convergence control: pilot seeds only
     report = build_report(records, design=read_design(tmp_path), out=tmp_path)
     rows = {r.combo: r for r in report.tables[0].rows if r.match is None}

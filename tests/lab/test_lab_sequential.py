@@ -22,9 +22,9 @@ from danlu.lab.simulate import simulate
 
 
 def test_planned_looks_and_their_errors():
-    assert plan_looks(3, 10) == (3, 4, 6, 8, 10)
+    assert plan_looks(3, 10) == (3, 4, 5, 6, 8, 10)
     assert plan_looks(2, 3) == (2, 3) and plan_looks(4, 4) == (4,)
-    assert plan_looks(5, 20) == (5, 7, 10, 14, 20)
+    assert plan_looks(5, 20) == (5, 6, 8, 10, 12, 15, 19, 20)
     with pytest.raises(ValueError, match=r"min_seeds \(5\) must be <= max_seeds \(3\)"):
         plan_looks(5, 3)
     with pytest.raises(ValueError, match="min_seeds must be an int >= 2"):

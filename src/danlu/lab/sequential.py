@@ -1,7 +1,7 @@
 """The lab's four verdicts and its adaptive seeds: a group-sequential design.
 
 A table compares m combos with their baselines over paired seeds. Seeds are added in
-*planned looks* (``3 → 4 → 6 → 8 → 10`` for ``--min-seeds 3 --max-seeds 10``); after each look,
+*planned looks* (``3 → 4 → 5 → 6 → 8 → 10`` for ``--min-seeds 3 --max-seeds 10``); after each look,
 every comparison still undecided gets one of four verdicts or more seeds:
 
 - **helps** / **hurts**: the paired t-test (the exact sign-flip test when the deltas are
@@ -25,7 +25,7 @@ like); the lab uses ``rho = 1`` (see docs/lab.md for the simulation that chose i
 Example:
     >>> looks = plan_looks(3, 10)
     >>> looks
-    (3, 4, 6, 8, 10)
+    (3, 4, 5, 6, 8, 10)
     >>> rng = np.random.default_rng(0)
     >>> deltas = 0.03 + 0.01 * rng.standard_normal((2, 10))  # 2 combos, +3 points each
     >>> out = decide(deltas, looks, margin=0.01)
@@ -55,14 +55,14 @@ _NULL_SEQUENCES = 200_000
 
 
 def plan_looks(min_seeds: int, max_seeds: int) -> tuple[int, ...]:
-    """The planned seed counts: the pilot ``min_seeds``, then about 1.4× more seeds per look
+    """The planned seed counts: the pilot ``min_seeds``, then about 1.25× more seeds per look
     (at least one more), capped at ``max_seeds``.
 
     Raises ValueError (naming both) unless ``2 <= min_seeds <= max_seeds``.
 
     Example:
         >>> plan_looks(3, 10), plan_looks(3, 4), plan_looks(5, 5)
-        ((3, 4, 6, 8, 10), (3, 4), (5,))
+        ((3, 4, 5, 6, 8, 10), (3, 4), (5,))
     """
     for name, value in (("min_seeds", min_seeds), ("max_seeds", max_seeds)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
@@ -74,7 +74,7 @@ def plan_looks(min_seeds: int, max_seeds: int) -> tuple[int, ...]:
         )
     looks = [min_seeds]
     while looks[-1] < max_seeds:
-        looks.append(min(max_seeds, max(looks[-1] + 1, round(looks[-1] * 1.4))))
+        looks.append(min(max_seeds, max(looks[-1] + 1, round(looks[-1] * 1.25))))
     return tuple(looks)
 
 
