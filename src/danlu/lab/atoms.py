@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from danlu.core import Trick
@@ -216,6 +217,42 @@ def _layer_decay_high_lr(model: nn.Module, task: Task) -> list[dict[str, Any]]:
     return layer_decay_groups(model, 3 * task.lr, 0.8, task.weight_decay, depth_fn=task.depth_fn)
 
 
+def _head_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over a head's labelled rows (target != -100) and divided by all
+    the batch's rows: the head weighs as in the joint cross-entropy, so weights 1/1 give the
+    base's loss exactly."""
+    return F.cross_entropy(logits, target, ignore_index=-100, reduction="sum") / len(target)
+
+
+def _multitask(method: str, ctx: RunContext) -> Trick:
+    """The task's heads (``Task.heads``) balanced by ``MultiTaskLoss(method)``; Kendall's
+    log-variances join the optimizer with no weight decay, at the task's lr without the
+    warmup/decay schedule (the schedule is built before the tricks)."""
+    from danlu.loss import MultiTask, MultiTaskLoss
+
+    heads = ctx.task.heads
+    if heads is None:
+        raise ValueError(
+            f"atom 'mt_{method}' balances the heads of a multi-head task, but task "
+            f"{ctx.task.name!r} has one head (Task.heads is None): set Task.heads to split "
+            "the model's output and labels per head (see the built-in 'rotten-mt'), or drop "
+            "the atom"
+        )
+    crit = MultiTaskLoss(dict.fromkeys(heads, _head_loss), method)  # type: ignore[arg-type]
+    if crit.log_vars is not None and ctx.optimizer is not None:
+        # into the head's no-decay group (the run's lr schedule already covers its lr)
+        group = max((g for g in ctx.optimizer.param_groups if g["weight_decay"] == 0),
+                    key=lambda g: g["lr"])  # fmt: skip
+        group["params"].append(crit.log_vars)
+        if "param_names" in group:
+            group["param_names"].append("multitask.log_vars")
+    return MultiTask(crit, heads_fn=functools.partial(_split_heads, heads))
+
+
+def _split_heads(heads: dict[str, Any], logits: torch.Tensor, batch: dict[str, Any]):
+    return {k: head(logits, batch["labels"]) for k, head in heads.items()}
+
+
 def _semi_trick(name: str, ctx: RunContext) -> Trick:
     from danlu.semi import _lab
 
@@ -274,6 +311,12 @@ ATOMS: dict[str, Atom] = {
              make_trick=_semi("noise")),
         Atom("neftune", "NEFTune noise on the embedding output, alpha 5", "noise",
              make_trick=_semi("neftune")),
+        Atom("mt_uncertainty", "multi-task: the task's heads weighted by learned uncertainty "
+             "(Kendall et al. 2018); needs Task.heads", "loss",
+             make_trick=functools.partial(_multitask, "uncertainty")),
+        Atom("mt_dwa", "multi-task: the task's heads weighted by dynamic weight averaging, T 2 "
+             "(Liu et al. 2019); needs Task.heads", "loss",
+             make_trick=functools.partial(_multitask, "dwa")),
         Atom("fgm_late", "FGM eps 1.0 from the second half of the epochs (Delayed)",
              "adversarial", make_trick=_semi("fgm_late")),
     )

@@ -36,6 +36,7 @@ Build = Callable[[list[str], int], tuple[nn.Module, Encoder]]
 LossFn = Callable[[nn.Module, dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
 Data = tuple[TextDataset, TextDataset] | Callable[[], tuple[TextDataset, TextDataset]]
 Unlabelled = TextDataset | Callable[[], TextDataset] | Literal["rest"] | None
+Head = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -80,6 +81,13 @@ class Task:
             callable returning one, or ``"rest"``: the part of the training pool that a run
             does not draw (neither its train nor its dev split; the built-in tasks use it).
             None (default): atoms that need unlabelled data refuse to run.
+        heads: for a model with several heads whose output (the logits ``loss_fn``
+            returns) is one tensor of class scores: a dict head name -> ``head(logits,
+            labels) -> (head_logits, head_targets)`` giving that head's logits and targets
+            for a batch (``-100`` where the head has no label), which the multi-task atoms
+            (``mt_*``) balance. Evaluation and every other atom keep the plain logits. None
+            (default): one head, and the ``mt_*`` atoms refuse to run. Example: ``rotten-mt``
+            in ``danlu/lab/tasks.py``.
     """
 
     name: str
@@ -100,6 +108,7 @@ class Task:
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     unlabelled: Unlabelled = None
+    heads: dict[str, Head] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -123,6 +132,14 @@ class Task:
             raise ValueError(
                 f"Task.unlabelled must be None, 'rest', a TextDataset or a callable returning "
                 f"one, got {u!r}"
+            )
+        h = self.heads
+        if h is not None and not (
+            isinstance(h, dict) and h and all(isinstance(k, str) and callable(f) for k, f in h.items())
+        ):  # fmt: skip
+            raise TypeError(
+                f"Task.heads must be None or a non-empty dict head name -> callable (logits, "
+                f"labels) -> (head_logits, head_targets), got {h!r}"
             )
 
     def load(self) -> tuple[TextDataset, TextDataset]:

