@@ -128,6 +128,46 @@ def test_trick_in_tricks_matches_the_plain_loss_and_resumes():
     torch.testing.assert_close(fresh.loss.history, crit.history)
 
 
+def test_heads_fn_splits_one_output_and_the_other_tricks_keep_it():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 5)  # one output: 3 logits of task a, then 2 of task b
+    crit = MultiTaskLoss({"a": nn.CrossEntropyLoss(), "b": nn.CrossEntropyLoss()},
+                         weights={"a": 0.5, "b": 2.0})  # fmt: skip
+    seen = []
+
+    class Spy(danlu.Trick):  # an outer loss-chain trick: sees what MultiTask returns
+        order = danlu.Order.LOSS - 1
+
+        def compute_loss(self, forward, batch, state):
+            loss, logits = forward(batch)
+            seen.append(logits)
+            return loss, logits
+
+    def split(logits, batch):
+        return {"a": (logits[:, :3], batch["labels"][:, 0]),
+                "b": (logits[:, 3:], batch["labels"][:, 1])}  # fmt: skip
+
+    def loss_fn(model, batch):
+        out = model(batch["x"])
+        return out.sum() * 0, out
+
+    batch = {"x": torch.randn(6, 4), "labels": torch.tensor([[0, 1], [2, 0], [1, 1]] * 2)}
+    with torch.no_grad():
+        out = model(batch["x"])
+        ref = 0.5 * nn.functional.cross_entropy(out[:, :3], batch["labels"][:, 0]) + (
+            2.0 * nn.functional.cross_entropy(out[:, 3:], batch["labels"][:, 1])
+        )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = danlu.Tricks([MultiTask(crit, heads_fn=split), Spy()]).step(model, opt, batch, loss_fn)
+    torch.testing.assert_close(state.loss, ref)
+    torch.testing.assert_close(seen[0], out)  # the original (6, 5) output, not the heads
+    assert set(state.extra["task_losses"]) == {"a", "b"}
+    with pytest.raises(TypeError, match="heads_fn must be callable"):
+        MultiTask(crit, heads_fn=3)
+    with pytest.raises(TypeError, match="not both"):
+        MultiTask(crit, target_fn=lambda b: b["labels"], heads_fn=split)
+
+
 def test_adversarial_closure_records_each_micro_batch_once():
     torch.manual_seed(0)
     model, crit = TwoHeads(), _crit("dwa")
