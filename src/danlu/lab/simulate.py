@@ -82,7 +82,7 @@ def simulate(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grids", type=int, default=5000)
-    parser.add_argument("--noise", type=float, nargs="+", default=[0.005, 0.0075, 0.01, 0.0125],
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.005, 0.006, 0.0075, 0.01, 0.0125],
                         help="std of one run's score (0.0075: a 1.06-point std of the delta)")
     args = parser.parse_args(argv)
     print("| run std (points) | true effect | tables with any helps/hurts | tables with any 'equivalent' | "
