@@ -1,5 +1,6 @@
 """Find the input embedding that adversarial tricks perturb and embedding mixup hooks, hook
-its output (:func:`output_hook`), and shared argument checks."""
+its output (:func:`output_hook`), shared argument checks, and the checkpointed generator of
+the embedding-noise tricks (:class:`GeneratorTrick`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from danlu.core import unwrap_model
+from danlu.core import Trick, unwrap_model
 
 Target = str | nn.Parameter | nn.Module | None
 
@@ -168,3 +169,19 @@ def check_steps(steps: int) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     return steps
+
+
+class GeneratorTrick(Trick):
+    """A trick whose only state is its optional ``generator``: ``state_dict`` holds the
+    generator's state (``{}`` without a generator)."""
+
+    generator: torch.Generator | None
+
+    def state_dict(self) -> dict:
+        return {} if self.generator is None else {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.generator is not None and "generator" in state_dict:
+            self.generator.set_state(state_dict["generator"])
+        elif state_dict:
+            super().load_state_dict(state_dict)

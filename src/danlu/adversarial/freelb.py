@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from danlu._embeddings import (
+    GeneratorTrick,
     Target,
     check_positive,
     check_steps,
     find_embedding_module,
 )
-from danlu.core import Order, State, Trick
+from danlu.core import Order, State
 
 __all__ = ["freelb_init", "freelb_ascent", "FreeLB"]
 
@@ -73,7 +74,7 @@ def freelb_ascent(
     return out.to(delta.dtype)
 
 
-class FreeLB(Trick):
+class FreeLB(GeneratorTrick):
     """FreeLB adversarial training on the input-embedding output.
 
     Inside ``Tricks`` the main forward is ascent step 1 (with the random init) and
@@ -195,15 +196,6 @@ class FreeLB(Trick):
                 closure()
         finally:
             self.reset()
-
-    def state_dict(self) -> dict:
-        return {} if self.generator is None else {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if self.generator is not None and "generator" in state_dict:
-            self.generator.set_state(state_dict["generator"])
-        elif state_dict:
-            super().load_state_dict(state_dict)
 
     def __repr__(self) -> str:
         return f"FreeLB(steps={self.steps}, alpha={self.alpha}, eps={self.eps})"

@@ -19,8 +19,14 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from danlu._embeddings import Target, check_positive, find_embedding_module, output_hook
-from danlu.core import Order, State, Trick
+from danlu._embeddings import (
+    GeneratorTrick,
+    Target,
+    check_positive,
+    find_embedding_module,
+    output_hook,
+)
+from danlu.core import Order, State
 
 __all__ = ["gaussian_noise", "neftune_noise", "GaussianNoise", "NEFTune"]
 
@@ -70,7 +76,7 @@ def neftune_noise(
     return embeds + (_draw(embeds, "uniform", generator) * scale).to(embeds.dtype)
 
 
-class _EmbeddingNoise(Trick):
+class _EmbeddingNoise(GeneratorTrick):
     """Shared drop-in / Trick shape of the two noises."""
 
     order = Order.DATA  # outermost in the loss chain: every forward of the step is noisy
@@ -94,15 +100,6 @@ class _EmbeddingNoise(Trick):
     def compute_loss(self, forward, batch, state: State):
         with self.noisy():
             return forward(batch)
-
-    def state_dict(self) -> dict:
-        return {} if self.generator is None else {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if self.generator is not None and "generator" in state_dict:
-            self.generator.set_state(state_dict["generator"])
-        elif state_dict:
-            super().load_state_dict(state_dict)
 
 
 class GaussianNoise(_EmbeddingNoise):
