@@ -127,5 +127,11 @@ def test_mt_atom_on_a_task_without_heads_is_a_clear_error():
         with pytest.raises(ValueError, match=rf"atom '{name}' .* task 'toy' has one head "
                            r"\(Task.heads is None\): set Task.heads"):  # fmt: skip
             ATOMS[name].make_trick(ctx)
+    with_heads = dataclasses.replace(task, heads=tasks.get_task("rotten-mt").heads)
+    decayed = torch.optim.AdamW(model.parameters(), weight_decay=0.01)  # no group without decay
+    with pytest.raises(ValueError, match="every group of this run has weight_decay > 0"):
+        ATOMS["mt_uncertainty"].make_trick(
+            dataclasses.replace(ctx, task=with_heads, optimizer=decayed)
+        )
     with pytest.raises(TypeError, match="Task.heads must be None or a non-empty dict"):
         Task("bad", data=task.data, build=task.build, heads=lambda logits, labels: {})

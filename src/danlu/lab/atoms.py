@@ -225,9 +225,10 @@ def _head_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _multitask(method: str, ctx: RunContext) -> Trick:
-    """The task's heads (``Task.heads``) balanced by ``MultiTaskLoss(method)``; Kendall's
-    log-variances join the optimizer with no weight decay, at the task's lr without the
-    warmup/decay schedule (the schedule is built before the tricks)."""
+    """The task's heads (``Task.heads``) balanced by ``MultiTaskLoss(method)``. Kendall's
+    log-variances join the no-weight-decay param group with the largest lr (the head's), so
+    the run's lr schedule covers them: a group of their own would not work, since the
+    scheduler is built before the tricks and torch's ``LambdaLR`` refuses later groups."""
     from danlu.loss import MultiTask, MultiTaskLoss
 
     heads = ctx.task.heads
@@ -240,9 +241,14 @@ def _multitask(method: str, ctx: RunContext) -> Trick:
         )
     crit = MultiTaskLoss(dict.fromkeys(heads, _head_loss), method)  # type: ignore[arg-type]
     if crit.log_vars is not None and ctx.optimizer is not None:
-        # into the head's no-decay group (the run's lr schedule already covers its lr)
         group = max((g for g in ctx.optimizer.param_groups if g["weight_decay"] == 0),
-                    key=lambda g: g["lr"])  # fmt: skip
+                    key=lambda g: g["lr"], default=None)  # fmt: skip
+        if group is None:
+            raise ValueError(
+                f"atom 'mt_{method}' puts its log-variances in a param group without weight "
+                "decay, but every group of this run has weight_decay > 0: give biases a "
+                "weight_decay=0 group (as decay_groups does)"
+            )
         group["params"].append(crit.log_vars)
         if "param_names" in group:
             group["param_names"].append("multitask.log_vars")
