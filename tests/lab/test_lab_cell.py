@@ -1,4 +1,5 @@
-"""One lab cell: the paired design, model selection on dev only, the step-matched base."""
+"""One lab cell: the paired design, the tested epoch (last, or best on dev: dev only decides),
+the step-matched base."""
 
 from __future__ import annotations
 
@@ -37,16 +38,64 @@ def test_split_is_a_function_of_the_seed_only():
         split_for_seed(pool, 1000, 0.2, seed=0)
 
 
-def test_record_follows_the_schema_and_selects_the_best_dev_epoch():
+def _test_accuracy_per_epoch(monkeypatch, task: Task) -> list[float]:
+    """Spy on the lab's evaluation: after every dev evaluation, also score the test split
+    with the same module (what the record's test metric must equal at the tested epoch)."""
+    import danlu.lab.cell as cell
+
+    _, test = task.load()
+    seen, plain = [], cell._predict
+    x_test = {}
+    build = task.build
+
+    def spy_build(texts, n_classes):
+        model, encode = build(texts, n_classes)
+        x_test["x"] = encode(test.texts)
+        return model, encode
+
+    def spy(task_, module, inputs, labels):
+        preds = plain(task_, module, inputs, labels)
+        if len(labels) != len(test):  # a dev evaluation
+            y = torch.tensor(test.labels)
+            seen.append(float((plain(task_, module, x_test["x"], y) == y).float().mean()))
+        return preds
+
+    monkeypatch.setattr(cell, "_predict", spy)
+    return seen, dataclasses.replace(task, build=spy_build)
+
+
+@pytest.mark.parametrize(
+    ("select", "seed", "lr"), [("last", 0, 1e-2), ("best", 0, 1e-2), ("best", 6, 3e-2), ("last", 6, 3e-2)]
+)
+def test_record_tests_the_selected_epoch(monkeypatch, select, seed, lr):
     from danlu.lab.results import validate_record
 
-    record = run_cell(toy_lab_task(), Cell("toy", "base", seed=0, n_train=100))
+    task = toy_lab_task(epochs=4, select=select, lr=lr)
+    seen, task = _test_accuracy_per_epoch(monkeypatch, task)
+    record = run_cell(task, Cell("toy", "base", seed=seed, n_train=100))
     validate_record(record)
     dev = [e["dev_accuracy"] for e in record["epochs"]]
     assert record["best_epoch"] == int(np.argmax(dev)) + 1  # first best on ties
-    assert record["dev"]["accuracy"] == max(dev)
-    assert record["steps"] == 3 * 5  # 3 epochs of ceil(80 / 16) steps
+    expected = len(dev) if select == "last" else record["best_epoch"]
+    assert record["selected_epoch"] == expected
+    assert record["dev"]["accuracy"] == dev[expected - 1]
+    assert record["metrics"]["accuracy"] == pytest.approx(seen[expected - 1])
+    assert record["steps"] == 4 * 5  # 4 epochs of ceil(80 / 16) steps
     assert record["epochs"][-1]["steps"] == record["steps"]
+
+
+def test_best_and_last_differ_when_dev_peaks_early(monkeypatch):
+    # the discriminating case: a seed whose best dev epoch (1) is not the last
+    task = toy_lab_task(epochs=4, select="best", lr=3e-2)
+    seen, task = _test_accuracy_per_epoch(monkeypatch, task)
+    record = run_cell(task, Cell("toy", "base", seed=6, n_train=100))
+    assert record["best_epoch"] == 1 and record["selected_epoch"] == record["best_epoch"]
+    assert record["metrics"]["accuracy"] != pytest.approx(seen[-1])
+
+
+def test_select_must_be_last_or_best():
+    with pytest.raises(ValueError, match="Task.select must be 'last'"):
+        toy_lab_task(select="final")
 
 
 def test_same_seed_gives_the_same_data_and_order_for_every_combo():
@@ -89,7 +138,8 @@ def test_step_matched_base_takes_the_steps_of_the_augmented_combo():
     assert matched["epochs"][-1]["steps"] == eda["steps"]
 
 
-@pytest.mark.parametrize("combo", [a for a in ATOMS if a != "base"])
+# the multi-head atoms refuse this one-head task; tests/lab/test_lab_multitask.py trains them
+@pytest.mark.parametrize("combo", [a for a in ATOMS if a != "base" and not a.startswith("mt_")])
 def test_every_atom_trains_a_cell(combo):
     from danlu.lab.results import validate_record
 

@@ -1,5 +1,6 @@
-"""One cell of a lab grid: train a task's model with one combo and one seed, select the
-best epoch on dev, evaluate it once on test, and return the result record
+"""One cell of a lab grid: train a task's model with one combo and one seed, evaluate it on
+dev after every epoch, test the selected epoch's model once (``Task.select``: the last epoch,
+or the best on dev), and return the result record
 (the schema of ``results.jsonl``).
 
 Example:
@@ -125,8 +126,10 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
     """Train and evaluate one cell; returns its ``results.jsonl`` record.
 
     The seed fixes the train/dev split, the model's initialisation and the data order, so
-    every combo sees the same examples in the same order (augmented copies aside). The model
-    is selected on dev (best epoch, ties → earlier); the test split is read once, at the end.
+    every combo sees the same examples in the same order (augmented copies aside). The tested
+    model is the last epoch's, or with ``Task.select == "best"`` the best on dev (ties → the
+    earlier epoch); the test split is read once, at the end. ``best_epoch`` is the best dev
+    epoch either way, ``selected_epoch`` the one tested.
     """
     atoms = ATOMS if atoms is None else atoms
     stack = parse_combo(cell.combo, atoms)
@@ -193,7 +196,8 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
 
     order_gen = torch.Generator().manual_seed(cell.seed)
     history: list[dict[str, Any]] = []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    best: tuple[float, int] | None = None  # the best dev accuracy and its epoch
+    selected: tuple[int, dict[str, torch.Tensor]] | None = None  # the tested epoch's weights
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(y_train), generator=order_gen)
         order = order[: total_steps * task.batch_size - tricks.state.step * task.batch_size]
@@ -206,26 +210,29 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
         train_s += time.perf_counter() - t0
         with eval_module() as module:
             dev_metrics, dev_pred = evaluate(module, dev.texts, x_dev, y_dev)
-            if best is None or dev_metrics["accuracy"] > best[0]:
+            improved = best is None or dev_metrics["accuracy"] > best[0]
+            if improved:
+                best = (dev_metrics["accuracy"], epoch)
+            if improved if task.select == "best" else epoch == epochs:
                 snapshot = {k: v.detach().clone() for k, v in module.state_dict().items()}
-                best = (dev_metrics["accuracy"], epoch, snapshot)
+                selected = (epoch, snapshot)
                 dev_classes = int(torch.unique(dev_pred).numel())
         history.append({
             "epoch": epoch, "steps": tricks.state.step,
             "train_loss": float(torch.stack(losses).mean()),
             "dev_accuracy": dev_metrics["accuracy"], "dev_macro_f1": dev_metrics["macro_f1"],
         })  # fmt: skip
-    assert best is not None
-    model.load_state_dict(best[2])
+    assert best is not None and selected is not None
+    model.load_state_dict(selected[1])
     x_test, y_test = encode(test.texts), torch.tensor(test.labels)
     metrics, test_pred = evaluate(model, test.texts, x_test, y_test)
-    chosen = history[best[1] - 1]
+    chosen = history[selected[0] - 1]
     record = {
         "task": cell.task, "combo": cell.combo, "seed": cell.seed, "n_train": cell.n_train,
         "match": cell.match, "steps_match": cell.steps_match, "metrics": metrics,
         "dev": {"accuracy": chosen["dev_accuracy"], "macro_f1": chosen["dev_macro_f1"]},
         "dev_pred_classes": dev_classes,
-        "best_epoch": best[1], "epochs": history, "steps": tricks.state.step,
+        "best_epoch": best[1], "selected_epoch": selected[0], "epochs": history, "steps": tricks.state.step,
         "wall_s": round(time.perf_counter() - start, 3), "train_s": round(train_s, 3),
         "eval_s": round(eval_s, 3), "peak_mem_mb": round(max(0.0, _rss_mb() - mem0), 1),
         "smoke": bool(task.extra.get("smoke", False)), "danlu": danlu.__version__,

@@ -74,6 +74,9 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--n-train", type=_ints, default=None,
                      help="training examples per run, comma-separated for several (default: all)")
     run.add_argument("--epochs", type=int, default=None, help="override the task's epochs")
+    run.add_argument("--select", choices=("last", "best"), default=None,
+                     help="the tested model: the last epoch's (the built-in tasks' default) or "
+                          "the best on dev")  # fmt: skip
     run.add_argument("--workers", type=int, default=2, help="parallel cells (0: in-process)")
     run.add_argument("--executor", choices=("local", "ray"), default="local")
     run.add_argument("--ray-address", default=None, help="an existing Ray cluster (ray://...)")
@@ -156,6 +159,8 @@ def _run(args: argparse.Namespace) -> int:
         task = get_task(name, smoke=args.smoke)
         if args.epochs is not None:
             task = dataclasses.replace(task, epochs=args.epochs)
+        if args.select is not None:
+            task = dataclasses.replace(task, select=args.select)
         n_train = args.n_train or ([200] if args.smoke else [None])
         out = f"{args.out}/{name}" if several else args.out
         scale = 100.0 if args.metric in ("accuracy", "macro_f1") else 1.0

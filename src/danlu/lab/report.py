@@ -173,6 +173,16 @@ class Report:
     tables: tuple[Table, ...]
     design: Design = field(default_factory=Design)
     full_cells: int = 0
+    tested: str = "model selected on dev"
+
+
+def _tested(records: list[dict]) -> str:
+    """Which epoch's model the test scores are of, from the records."""
+    if any("selected_epoch" not in r for r in records):
+        return "model selected on dev"  # records written before selection was a setting
+    if all(r["selected_epoch"] == len(r["epochs"]) for r in records):
+        return "model at the last epoch"
+    return "model of the best dev epoch"
 
 
 _COST = ("wall_s", "peak_mem_mb", "steps", "eval_s")  # the ratio columns, in Row order
@@ -449,6 +459,7 @@ def build_report(
         tables=tables,
         design=design,
         full_cells=_full_cells(records, design),
+        tested=_tested(records),
     )
 
 
@@ -580,8 +591,9 @@ def _table_markdown(table: Table, report: Report) -> list[str]:
 
 
 HOW_TO_READ = (
-    "**How to read a verdict.** Each cell is one fine-tune with one seed, selected on a dev "
-    "split and scored once on the test split; the same seed gives every combo the same split, "
+    "**How to read a verdict.** Each cell is one fine-tune with one seed, scored once on the "
+    "test split (the model at the end of training, or the best dev epoch's: the line under "
+    "the title says which); the same seed gives every combo the same split, "
     "initialisation and data order, so each combo is compared with its baseline *paired by "
     "seed*. A verdict is one of four: **helps** / **hurts** (the paired t-test rejects 'no "
     "effect'), **equivalent within ±m** (the paired equivalence test, TOST, rejects 'the "
@@ -609,7 +621,7 @@ def render_markdown(report: Report) -> str:
     out = [
         f"# danlu lab: {report.task}",
         "",
-        f"Metric: test {report.metric}{unit}, model selected on dev. "
+        f"Metric: test {report.metric}{unit}, {report.tested}. "
         f"{len(report.seeds)} seed{'s' * (len(report.seeds) > 1)} ({seeds}), "
         f"{report.n_cells} cells.",
         "",

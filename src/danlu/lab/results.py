@@ -40,7 +40,8 @@ _REQUIRED: dict[str, tuple[tuple[type, ...], bool, str]] = {
 }
 _OPTIONAL: dict[str, tuple[tuple[type, ...], bool, str]] = {
     "steps_match": ((str,), True, "a step key (str), else null"),
-    "best_epoch": ((int,), False, "an int (1-based index into epochs)"),
+    "best_epoch": ((int,), False, "an int (1-based index into epochs: the best dev epoch)"),
+    "selected_epoch": ((int,), False, "an int (1-based index into epochs: the tested epoch)"),
     "dev": ((dict,), False, "a dict of dev metrics"),
     "train_s": (_NUMBER, False, "a number (seconds of augmentation and optimizer steps)"),
     "smoke": ((bool,), False, "a bool"),
