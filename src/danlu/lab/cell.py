@@ -158,7 +158,6 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
     x_dev, y_dev = encode(dev.texts), torch.tensor(dev.labels)
     groups = next((a.param_groups(model, task) for a in stack if a.param_groups), None)
     optimizer = torch.optim.AdamW(groups or decay_groups(model, task), lr=task.lr)
-    schedule = linear_warmup(optimizer, round(task.warmup * total_steps), total_steps)
     ctx = RunContext(task, model, optimizer, cell.seed, len(train), epochs, steps_per_epoch,
                      encode=encode, batch_size=task.batch_size,
                      unlabelled=task.load_unlabelled(pool, cell.n_train, cell.seed))  # fmt: skip
@@ -166,6 +165,8 @@ def run_cell(task: Task, cell: Cell, atoms: dict[str, Atom] | None = None) -> di
         if atom.prepare_model is not None:
             atom.prepare_model(ctx)
     built = [(a, a.make_trick(ctx)) for a in stack if a.make_trick is not None]
+    # after the tricks: a trick may add its own param group (learned loss weights)
+    schedule = linear_warmup(optimizer, round(task.warmup * total_steps), total_steps)
     tricks = danlu.Tricks(
         [t for _, t in built] + [Schedule(schedule)], max_grad_norm=task.max_grad_norm
     )
